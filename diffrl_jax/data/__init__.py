@@ -1,0 +1,1 @@
+"""Grasp data: rotation conventions, the canonical grasp array, file I/O."""

@@ -1,0 +1,1 @@
+"""Evaluation: grasp geometry, dataset checks."""
