@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
@@ -111,6 +112,22 @@ def test_cli_empty_dir_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+def test_cli_skip_bad(tmp_path, capsys):
+    """A bad file stops the check unless --skip-bad, which reports it and goes on."""
+    (tmp_path / "grasps").mkdir()
+    shutil.copy(SHARED_DATA / "grasps" / f"{BOTTLE}.npy", tmp_path / "grasps")
+    shutil.copytree(SHARED_DATA / "meshdata" / BOTTLE, tmp_path / "meshdata" / BOTTLE)
+    (tmp_path / "grasps" / "broken.npy").write_bytes(b"not a numpy file")
+    assert main(["data", "check", str(tmp_path), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert "broken" in captured.err and "--skip-bad" in captured.err and captured.out == ""
+    assert main(["data", "check", str(tmp_path), "--json", "--skip-bad"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert list(out["objects"]) == [BOTTLE] and "broken" in out["skipped"]
+    assert "warning: skipped broken" in captured.err
 
 
 def test_cli_bad_hull_cap():

@@ -1,7 +1,5 @@
 """The canonical grasp array: layout, DexGraspNet qpos, frames, wrist, limits."""
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,25 +10,13 @@ from hypothesis import strategies as st
 from diffrl_jax.data import grasps as gr
 from diffrl_jax.data import rotations as rot
 from diffrl_jax.hand import constants
+from diffrl_jax.data.safe_npy import load_object_npy
+
+from _elementary import rx, ry, rz
+from _paths import SHARED_DATA, requires_shared_data
 
 PI = np.pi
 SETTINGS = settings(max_examples=30, deadline=None)
-DEXGRASPNET = Path(__file__).resolve().parents[2] / "shared" / "data" / "dexgraspnet"
-
-
-def rx(a):
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-
-
-def ry(b):
-    c, s = np.cos(b), np.sin(b)
-    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-
-
-def rz(c_):
-    c, s = np.cos(c_), np.sin(c_)
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
 
 
 def random_qpos(rng, n):
@@ -131,11 +117,10 @@ def test_arrays_to_qpos_dicts_rejects_mismatched_shapes():
         gr.arrays_to_qpos_dicts(translation, euler, joints[:2])
 
 
+@requires_shared_data
 def test_real_dexgraspnet_records_round_trip():
-    files = sorted((DEXGRASPNET / "grasps").glob("*.npy"))
-    if not files:
-        pytest.skip(f"DexGraspNet sample not found at {DEXGRASPNET}")
-    records = [record["qpos"] for record in np.load(files[0], allow_pickle=True)]
+    files = sorted((SHARED_DATA / "grasps").glob("*.npy"))
+    records = [record["qpos"] for record in load_object_npy(files[0])]
     translation, euler, joints = gr.qpos_dicts_to_arrays(records)
     grasps = gr.grasps_from_dexgraspnet_qpos(translation, euler, joints)
     back = gr.arrays_to_qpos_dicts(*gr.grasps_to_dexgraspnet_qpos(grasps))

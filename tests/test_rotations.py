@@ -9,23 +9,10 @@ from hypothesis import strategies as st
 
 from diffrl_jax.data import rotations as rot
 
+from _elementary import rx, ry, rz
+
 PI = np.pi
 SETTINGS = settings(max_examples=50, deadline=None)
-
-
-def rx(a):
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-
-
-def ry(b):
-    c, s = np.cos(b), np.sin(b)
-    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-
-
-def rz(c_):
-    c, s = np.cos(c_), np.sin(c_)
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
 
 
 def wrap(angle):

@@ -32,7 +32,7 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     from diffrl_jax.evaluation.check import check_dataset
 
     dataset = load_dexgraspnet(args.dir, objects=args.objects, skip_bad=args.skip_bad)
-    for code, reason in getattr(dataset, "skipped", ()):
+    for code, reason in dataset.skipped:
         print(f"warning: skipped {code}: {reason}", file=sys.stderr)
     with tqdm(total=len(dataset.object_codes), desc="checking", unit="object",
               file=sys.stderr, disable=None) as bar:

@@ -88,7 +88,6 @@ def check_dataset(
         if progress is not None:
             progress(code)
     report = {"objects": objects, "max_hull_vertices": max_hull_vertices}
-    skipped = getattr(dataset, "skipped", ())
-    if skipped:
-        report["skipped"] = {code: reason for code, reason in skipped}
+    if dataset.skipped:
+        report["skipped"] = dict(dataset.skipped)
     return report
