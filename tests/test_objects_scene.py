@@ -147,3 +147,24 @@ def test_bad_scene_config():
         scene_lib.build_scene(obj, scene_lib.SceneConfig(timestep=0.0))
     with pytest.raises(ConfigError, match="strength"):
         scene_lib.build_scene(obj, scene_lib.SceneConfig(hand=shadow.HandConfig(strength=-1)))
+
+
+@pytest.mark.parametrize("name", sorted(assets.BUILTIN_OBJECTS))
+def test_builtin_scenes_are_mjx_compatible(name):
+    """MJX accepts every built-in scene, table included (no cylinder-box pairs)."""
+    scene = scene_lib.build_scene(assets.builtin_object(name), scene_lib.SceneConfig(table=True))
+    assert scene.mjx_model().ngeom == scene.model.ngeom
+
+
+@requires_shared_data
+def test_dexgraspnet_scene_is_mjx_compatible():
+    obj = assets.mesh_object(_mesh(BOTTLE), 0.1)
+    scene = scene_lib.build_scene(obj, scene_lib.SceneConfig(table=True))
+    assert scene.mjx_model().nmesh == 5
+
+
+def test_mjx_rejects_unsupported_scene_clearly():
+    """A true cylinder touches the palm's boxes, which MJX cannot collide."""
+    obj = assets.ObjectAsset("can", (assets.Primitive("cylinder", (0.03, 0.05)),), mass=0.2)
+    with pytest.raises(ConfigError, match="MJX cannot simulate the scene of 'can'"):
+        scene_lib.build_scene(obj).mjx_model()
