@@ -17,8 +17,10 @@ import numpy as np
 from scipy import spatial
 
 from diffrl_jax.data import grasps as grasp_lib
+from diffrl_jax.data import rotations
 from diffrl_jax.data.dexgraspnet import GraspDataset
 from diffrl_jax.errors import ConfigError
+from diffrl_jax.evaluation.geometry import min_distance
 from diffrl_jax.hand import constants
 from diffrl_jax.objects import assets
 from diffrl_jax.scene import Scene, build_scene
@@ -61,12 +63,7 @@ def object_mesh_pieces(obj: assets.ObjectAsset, points: int = 48) -> list[np.nda
             local = assets.prism(s[0], s[1]).vertices
         else:
             raise ConfigError(f"cannot mesh primitive {piece.type!r}")
-        w, x, y, zq = piece.quat
-        rot = np.array([
-            [1 - 2 * (y * y + zq * zq), 2 * (x * y - zq * w), 2 * (x * zq + y * w)],
-            [2 * (x * y + zq * w), 1 - 2 * (x * x + zq * zq), 2 * (y * zq - x * w)],
-            [2 * (x * zq - y * w), 2 * (y * zq + x * w), 1 - 2 * (x * x + y * y)],
-        ])
+        rot = rotations.quat_to_matrix(np.asarray(piece.quat, dtype=np.float64))
         pieces.append(local @ rot.T + np.asarray(piece.pos))
     return pieces
 
@@ -85,9 +82,9 @@ def obj_text(pieces: list[np.ndarray]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _min_distance(model, data, geoms, object_geoms, fromto, cap=0.05) -> float:
-    return min(mujoco.mj_geomDistance(model, data, g, o, cap, fromto)
-               for g in geoms for o in object_geoms)
+def _min_distance(model, data, geoms, object_geoms, fromto) -> float:
+    # Distances past 5 cm only need to read as "far".
+    return min_distance(model, data, geoms, object_geoms, 0.05, fromto)
 
 
 def _finger_geoms(scene: Scene) -> dict[str, list[int]]:
@@ -129,9 +126,15 @@ def kinematic_grasps(scene: Scene, n: int, seed: int = 0, clearance: float = 0.0
         for names, open_pose, _ in _FINGERS.values():
             joints[[_J[m] for m in names]] = open_pose
 
+        # The palm's rotation is fixed per candidate: its wrist hinge angles once.
+        wrist_angles = grasp_lib.wrist_qpos(grasp_lib.make_grasps(np.zeros(3), rot, joints))[3:]
+
+        def palm_position(h):
+            return d * h - rot @ _PALM_CENTRE
+
         def place(h):
-            data.qpos[scene.hand_qpos[:6]] = grasp_lib.wrist_qpos(
-                grasp_lib.make_grasps(d * h - rot @ _PALM_CENTRE, rot, joints))
+            data.qpos[scene.hand_qpos[:3]] = palm_position(h)
+            data.qpos[scene.hand_qpos[3:6]] = wrist_angles
             data.qpos[scene.hand_qpos[6:]] = joints
             mujoco.mj_kinematics(model, data)
 
@@ -171,7 +174,7 @@ def kinematic_grasps(scene: Scene, n: int, seed: int = 0, clearance: float = 0.0
         place(hi)
         penetration = -_min_distance(model, data, scene.hand_geoms, scene.object_geoms, fromto)
         if touching["th"] and sum(touching.values()) >= 3 and penetration < 1e-3:
-            out.append(grasp_lib.make_grasps(d * hi - rot @ _PALM_CENTRE, rot, joints.copy()))
+            out.append(grasp_lib.make_grasps(palm_position(hi), rot, joints.copy()))
     return np.stack(out)
 
 

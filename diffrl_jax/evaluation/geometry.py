@@ -40,6 +40,18 @@ class GraspGeometry:
     penetration: np.ndarray
 
 
+def min_distance(model, data, geoms, object_geoms, distmax: float, fromto: np.ndarray) -> float:
+    """Smallest signed distance (m) between any of `geoms` and any of `object_geoms`.
+
+    Uses the poses in `data` (run `mj_kinematics` first); distances beyond
+    `distmax` come back as `distmax`. `fromto` is a scratch buffer of 6.
+    """
+    return min(
+        mujoco.mj_geomDistance(model, data, g, o, distmax, fromto)
+        for g in geoms for o in object_geoms
+    )
+
+
 def measure_grasps(scene: Scene, grasps: np.ndarray) -> GraspGeometry:
     """Places the hand at each object-frame grasp [N, 31] and measures it.
 
@@ -57,14 +69,8 @@ def measure_grasps(scene: Scene, grasps: np.ndarray) -> GraspGeometry:
         data.qpos[scene.hand_qpos] = qpos[i]
         mujoco.mj_kinematics(model, data)
         for k, g in enumerate(scene.fingertip_geoms):
-            tips[i, k] = min(
-                mujoco.mj_geomDistance(model, data, g, o, _MAX_DISTANCE, fromto)
-                for o in scene.object_geoms
-            )
-        deepest = 0.0
-        for g in scene.hand_geoms:
-            for o in scene.object_geoms:
-                # A small distmax: only overlap matters here, and it is cheaper.
-                deepest = max(deepest, -mujoco.mj_geomDistance(model, data, g, o, 1e-3, fromto))
-        penetration[i] = deepest
+            tips[i, k] = min_distance(model, data, [g], scene.object_geoms, _MAX_DISTANCE, fromto)
+        # A small distmax: only overlap matters here, and it is cheaper.
+        penetration[i] = max(
+            0.0, -min_distance(model, data, scene.hand_geoms, scene.object_geoms, 1e-3, fromto))
     return GraspGeometry(fingertip_distance=tips, penetration=penetration)
