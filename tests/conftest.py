@@ -1,17 +1,11 @@
-"""Shared test setup: JAX's persistent compilation cache.
+"""Shared test setup: XLA flags and JAX's persistent compilation cache.
 
 MJX steps take tens of seconds to compile on a CPU; the cache makes the
-second run of the suite on a machine cheap. Set here, not at import time of
-the library, which never touches global JAX configuration.
+second run of the suite on a machine cheap. Set here (via
+`diffrl_jax.runtime.configure`), not at import time of the library, which
+never touches global JAX configuration.
 """
 
-import os
-import pathlib
+from diffrl_jax import runtime
 
-import jax
-
-_CACHE = pathlib.Path(
-    os.environ.get("DIFFRL_JAX_CACHE", pathlib.Path.home() / ".cache" / "diffrl_jax" / "jax")
-)
-jax.config.update("jax_compilation_cache_dir", str(_CACHE))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+runtime.configure()

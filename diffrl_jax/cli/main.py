@@ -88,6 +88,167 @@ def _cmd_data_example(args: argparse.Namespace) -> int:
     return 0
 
 
+def _protocol_from_args(args: argparse.Namespace):
+    from diffrl_jax.sim.protocol import protocol
+
+    overrides = {}
+    for item in args.set or ():
+        if "=" not in item:
+            raise DiffrlError(f"--set expects FIELD=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            if key == "require_contact":
+                overrides[key] = value.lower() in ("1", "true", "yes")
+            elif key == "max_contacts":
+                overrides[key] = int(value)
+            else:
+                overrides[key] = float(value)
+        except ValueError:
+            raise DiffrlError(f"--set {key}: {value!r} is not a number") from None
+    return protocol(args.protocol, **overrides)
+
+
+def _budget_from_args(args: argparse.Namespace):
+    from diffrl_jax.sim.bank import ObjectBudget
+
+    return ObjectBudget(pieces=args.budget_pieces).validate()
+
+
+def _print_validation(report: dict) -> None:
+    header = f"{'object':<48} {'n':>5} {'success':>8} " + " ".join(f"{d:>5}" for d in report["directions"]) \
+        + f" {'pen. mm':>8}"
+    print(header)
+    print("-" * len(header))
+    for code, r in report["objects"].items():
+        dirs = " ".join(f"{x:>5.2f}" for x in r["direction_success"])
+        print(f"{code[:48]:<48} {r['n']:>5} {r['success_rate']:>8.3f} {dirs} {r['penetration_mm_median']:>8.2f}")
+    gps = report["grasps_per_s"]
+    print(f"protocol {report['protocol']['name']}, backend {report['backend']} on {report['device']}: "
+          f"{gps:.2f} grasps/s, {report['physics_steps_per_s']:.0f} physics steps/s, jit {report['jit_s']:.1f} s")
+
+
+def _write_json_atomic(path: str, payload: dict) -> None:
+    import os
+    import pathlib
+    import tempfile
+
+    path = pathlib.Path(path)
+    if not path.parent.is_dir():
+        raise DiffrlError(f"directory {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from diffrl_jax.data.dexgraspnet import load_dexgraspnet
+    from diffrl_jax.sim.validate import ChunkConfig, validate_dataset
+
+    protocol = _protocol_from_args(args)
+    budget = _budget_from_args(args)
+    chunk = ChunkConfig(groups=args.groups, group_size=args.group_size).validate()
+    dataset = load_dexgraspnet(args.dir, objects=args.objects)
+    total = sum(min(int((dataset.object_index == k).sum()), args.limit or 1 << 62)
+                for k in range(len(dataset.object_codes)))
+    with tqdm(total=total, desc=f"validating ({args.backend})", unit="grasp", file=sys.stderr,
+              disable=None) as bar:
+        report, _ = validate_dataset(dataset, protocol, backend=args.backend, budget=budget,
+                                     chunk=chunk, limit=args.limit, nthread=args.threads,
+                                     progress=bar.update)
+    if args.out:
+        _write_json_atomic(args.out, report)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_validation(report)
+    return 0
+
+
+def _cmd_propose(args: argparse.Namespace) -> int:
+    import pathlib
+
+    import numpy as np
+
+    from diffrl_jax.data.dexgraspnet import GraspDataset, load_dexgraspnet, write_dexgraspnet
+    from diffrl_jax.data.example import object_mesh_pieces, obj_text
+    from diffrl_jax.objects import assets
+    from diffrl_jax.scene import build_scene
+    from diffrl_jax.sim.propose import propose_grasps
+    from diffrl_jax.sim.validate import ChunkConfig, validate_dataset
+
+    protocol = _protocol_from_args(args)
+    budget = _budget_from_args(args)
+    if args.object.startswith("builtin:"):
+        name = args.object.split(":", 1)[1]
+        obj = assets.builtin_object(name)
+        pieces = object_mesh_pieces(obj)
+        scale = 1.03 * max(np.linalg.norm(p, axis=1).max() for p in pieces)
+        code = f"builtin-{name}"
+        mesh_text = obj_text([p / scale for p in pieces])
+        obj = assets.ObjectAsset(code, tuple(assets.ConvexPiece(p) for p in pieces), mass=obj.mass)
+    else:
+        path = pathlib.Path(args.object)
+        if not path.is_file():
+            raise DiffrlError(f"{path}: no such mesh file (give builtin:NAME or an OBJ path)")
+        scale = args.scale
+        obj = assets.mesh_object(path, scale, density=protocol.object_density)
+        code = path.parent.parent.name if path.parent.name == "coacd" else path.stem
+        mesh_text = path.read_text()
+    out = pathlib.Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DiffrlError(f"{out} exists and is not a directory")
+    print(f"proposing {args.n} grasps on {code} ...", file=sys.stderr)
+    grasps = propose_grasps(build_scene(obj), args.n, seed=args.seed)
+    _write_mesh(out, code, mesh_text)
+    dataset = GraspDataset(grasps=grasps, scales=np.full(len(grasps), scale),
+                           object_index=np.zeros(len(grasps), np.int32), object_codes=(code,),
+                           root=out)
+    labels = None
+    if not args.no_label:
+        from tqdm import tqdm
+
+        with tqdm(total=len(grasps), desc=f"labelling ({args.backend})", unit="grasp",
+                  file=sys.stderr, disable=None) as bar:
+            report, rows = validate_dataset(dataset, protocol, backend=args.backend, budget=budget,
+                                            chunk=ChunkConfig(), progress=bar.update)
+        labels = {"success": rows["success"]}
+        r = report["objects"][code]
+        print(f"{code}: {r['success_rate']:.3f} of {r['n']} proposals hold ({protocol.name})",
+              file=sys.stderr)
+    write_dexgraspnet(out, dataset, labels=labels)
+    load_dexgraspnet(out, objects=[code])  # the written directory reads back
+    print(f"wrote {len(grasps)} grasps of {code} to {out}")
+    return 0
+
+
+def _write_mesh(out, code: str, text: str) -> None:
+    import os
+    import tempfile
+
+    from diffrl_jax.data.dexgraspnet import mesh_path
+
+    mesh = mesh_path(out, code)
+    mesh.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=mesh.parent, prefix=".decomposed.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, mesh)
+
+
+def _add_sim_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--protocol", default="strict", choices=("strict", "dexgraspnet"),
+                        help="hold-test protocol (default: %(default)s)")
+    parser.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                        help="override a protocol field, e.g. --set friction=0.5 (repeatable)")
+    parser.add_argument("--backend", default="mjx", choices=("mjx", "mujoco"),
+                        help="mjx (JAX, GPU/TPU) or mujoco (MuJoCo C on CPU threads)")
+    parser.add_argument("--budget-pieces", type=_positive_int, default=32, metavar="P",
+                        help="convex pieces per object in the compiled program (default 32)")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -132,11 +293,50 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("--n", type=_positive_int, default=32, help="grasps per object")
     example.add_argument("--seed", type=int, default=0)
     example.set_defaults(func=_cmd_data_example)
+
+    validate = commands.add_parser(
+        "validate",
+        help="hold-test every grasp of a DexGraspNet-format directory",
+        description="Per object: success rate under the hold test (six pull directions), "
+                    "per-direction success and median initial penetration.",
+    )
+    validate.add_argument("dir", help="dataset directory (grasps/ and meshdata/ inside)")
+    validate.add_argument("--objects", nargs="+", metavar="CODE", help="only these object codes")
+    validate.add_argument("--limit", type=_positive_int, metavar="N",
+                          help="the first N grasps of each object")
+    validate.add_argument("--out", metavar="FILE.json", help="write the JSON report here")
+    validate.add_argument("--json", action="store_true", help="print the JSON report")
+    validate.add_argument("--groups", type=_positive_int, default=4,
+                          help="objects per compiled batch (mjx)")
+    validate.add_argument("--group-size", type=_positive_int, default=16,
+                          help="grasps per object per compiled batch (mjx)")
+    validate.add_argument("--threads", type=_positive_int, help="threads (mujoco backend)")
+    _add_sim_options(validate)
+    validate.set_defaults(func=_cmd_validate)
+
+    propose = commands.add_parser(
+        "propose",
+        help="propose grasps for an object without a dataset, label them, write a dataset",
+        description="Palm poses sampled around the object facing it, fingers closed in "
+                    "simulation until contact, labelled by the hold test.",
+    )
+    propose.add_argument("--object", required=True, metavar="builtin:NAME|OBJ",
+                         help="a built-in object (builtin:box ...) or a CoACD-style OBJ file")
+    propose.add_argument("--scale", type=float, default=1.0, help="mesh scale (OBJ files)")
+    propose.add_argument("--n", type=_positive_int, default=64, help="grasps to propose")
+    propose.add_argument("--seed", type=int, default=0)
+    propose.add_argument("--out", required=True, help="output directory")
+    propose.add_argument("--no-label", action="store_true", help="skip the hold test")
+    _add_sim_options(propose)
+    propose.set_defaults(backend="mujoco", func=_cmd_propose)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from diffrl_jax import runtime
+
+    runtime.configure()
     try:
         return args.func(args)
     except DiffrlError as e:

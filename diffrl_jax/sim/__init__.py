@@ -1,0 +1,1 @@
+"""Simulation protocols: the hold test (MJX and MuJoCo-C), grasp proposals."""
