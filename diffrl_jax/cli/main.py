@@ -59,13 +59,11 @@ DEFAULT_EXAMPLE_OBJECTS = ("bottle", "box", "cylinder", "mug")
 
 
 def _cmd_data_example(args: argparse.Namespace) -> int:
-    import os
     import pathlib
-    import tempfile
 
     from tqdm import tqdm
 
-    from diffrl_jax.data.dexgraspnet import mesh_path, write_dexgraspnet
+    from diffrl_jax.data.dexgraspnet import write_dexgraspnet
     from diffrl_jax.data.example import example_dataset
 
     from diffrl_jax.objects.assets import builtin_object
@@ -77,12 +75,7 @@ def _cmd_data_example(args: argparse.Namespace) -> int:
         raise DiffrlError(f"{out} exists and is not a directory")
     for name in tqdm(args.objects, desc="grasping", unit="object", file=sys.stderr, disable=None):
         dataset, text = example_dataset(name, args.n, seed=args.seed)
-        mesh = mesh_path(out, dataset.object_codes[0])
-        mesh.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=mesh.parent, prefix=".decomposed.")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, mesh)
+        _write_mesh(out, dataset.object_codes[0], text)
         write_dexgraspnet(out, dataset)
     print(f"wrote {len(args.objects)} object(s) x {args.n} grasps to {out}")
     return 0
