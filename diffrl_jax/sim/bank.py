@@ -19,6 +19,7 @@ have their closest pieces merged (hull of the union): a loss of concavity that
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import io
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from flax import struct
 from scipy import spatial
 
 from diffrl_jax.errors import ConfigError
-from diffrl_jax.hand import shadow
+from diffrl_jax.hand import constants, shadow
 from diffrl_jax.objects import assets
 from diffrl_jax.scene import Scene, SceneConfig, build_scene, import_mjx
 from diffrl_jax.sim.protocol import HoldProtocol
@@ -174,12 +175,9 @@ def prepare_object(obj: assets.ObjectAsset, budget: ObjectBudget = ObjectBudget(
 
     raw = [assets.cap_hull(p, budget.vertices) for p in object_mesh_pieces(obj)]
     pieces = _merge_to(raw, budget.pieces, budget.vertices)
-    if obj.mass is not None:
-        mass = obj.mass
-    else:
-        mass = (density or obj.density) * sum(spatial.ConvexHull(p).volume for p in pieces)
-    mass *= mass_scale
     volume = sum(spatial.ConvexHull(p).volume for p in pieces)
+    mass = obj.mass if obj.mass is not None else (density or obj.density) * volume
+    mass *= mass_scale
     model = _object_only_model(pieces + [_PAD_PIECE] * (budget.pieces - len(pieces)), 1.0)
     convex = _convex_arrays(model, budget)
     # Mass properties from the real pieces only, at the density giving `mass`.
@@ -208,7 +206,7 @@ class SimTemplate:
         """`ObjectFields` (numpy) of one prepared object in this template."""
         model = self.scene.model
         body = self.scene.object_body
-        probe = _copy_model(model)
+        probe = copy.deepcopy(model)
         probe.body_mass[body] = prepared.convex["mass"]
         probe.body_inertia[body] = prepared.convex["inertia"]
         probe.body_ipos[body] = prepared.convex["ipos"]
@@ -224,11 +222,6 @@ class SimTemplate:
             body_subtreemass=probe.body_subtreemass.copy(),
             dof_invweight0=probe.dof_invweight0.copy(),
         )
-
-
-def _copy_model(model: mujoco.MjModel) -> mujoco.MjModel:
-    import copy
-    return copy.deepcopy(model)
 
 
 def scene_config(protocol: HoldProtocol) -> SceneConfig:
@@ -255,7 +248,6 @@ def make_template(protocol: HoldProtocol, budget: ObjectBudget = ObjectBudget())
     model.geom_pos[scene.object_geoms] = 0.0
     model.geom_quat[scene.object_geoms] = (1.0, 0.0, 0.0, 0.0)
     mjx_model = import_mjx().put_model(model)
-    from diffrl_jax.hand import constants
     return SimTemplate(scene, mjx_model, budget, protocol, model.body(constants.ROOT_BODY).id)
 
 
