@@ -27,6 +27,13 @@ def xla_flags(existing: str = "") -> str:
     return " ".join(flags)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (Linux: honours container CPU limits)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def configure(cache_dir: str | os.PathLike | None = None) -> None:
     """Sets the XLA flags and turns on JAX's persistent compilation cache.
 

@@ -7,7 +7,7 @@ A one-piece box and a short strict protocol keep it quick; the jitted
 import numpy as np
 import pytest
 
-from diffrl_jax.data import example, rotations
+from diffrl_jax.data import example
 from diffrl_jax.errors import ConfigError
 from diffrl_jax.objects import assets
 from diffrl_jax.scene import build_scene
@@ -127,12 +127,3 @@ def test_no_grasps(setup):
     template, prepared, grasps = setup
     r = mujoco_backend.hold_test_mujoco(template, prepared, grasps[:0])
     assert r.success.shape == (0,) and r.held.shape == (0, NUM_DIRECTIONS)
-
-
-def test_rotation_angle_matches_rotations_module():
-    rng = np.random.default_rng(0)
-    q = rng.normal(size=(2, 16, 4))
-    a, b = rotations.quat_to_matrix(q[0]), rotations.quat_to_matrix(q[1])
-    np.testing.assert_allclose(mujoco_backend._rotation_angle(np.asarray(a), np.asarray(b)),
-                               np.asarray(rotations.rotation_angle(a, b)), atol=1e-6)
-

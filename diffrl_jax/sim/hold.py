@@ -163,7 +163,7 @@ def _relative_pose(template: SimTemplate, d):
     return pos, r_palm.T @ d.xmat[obj]
 
 
-def _hand_object_penetration(template: SimTemplate, d) -> jax.Array:
+def _hand_object_penetration(d) -> jax.Array:
     # Every contact pair of the hold scene is hand-object (no table).
     dist = d._impl.contact.dist
     return jnp.maximum(-jnp.min(dist), 0.0) * 1000.0
@@ -186,7 +186,7 @@ def hold_object(template: SimTemplate, fields: ObjectFields, grasps: jax.Array) 
         return mjx.forward(m, d)
 
     d0 = jax.vmap(place)(qpos, ctrl)
-    penetration = jax.vmap(lambda d: _hand_object_penetration(template, d))(d0)
+    penetration = jax.vmap(_hand_object_penetration)(d0)
     pos0, rot0 = jax.vmap(lambda d: _relative_pose(template, d))(d0)
 
     settled, ok = d0, jnp.ones(grasps.shape[0], bool)

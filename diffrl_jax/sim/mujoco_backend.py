@@ -34,7 +34,6 @@ directory) through its global warning handler; this module leaves that alone.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 
 import jax
@@ -43,7 +42,9 @@ import numpy as np
 from mujoco import rollout
 
 from diffrl_jax.data import grasps as grasp_lib
+from diffrl_jax.data import rotations
 from diffrl_jax.errors import ConfigError
+from diffrl_jax.runtime import usable_cpus
 from diffrl_jax.scene import Scene, build_scene
 from diffrl_jax.sim import bank, hold
 from diffrl_jax.sim.bank import PreparedObject, SimTemplate
@@ -101,12 +102,6 @@ def initial_state(template: SimTemplate, prepared: PreparedObject,
     return np.concatenate(qpos), np.concatenate(ctrl)
 
 
-def _usable_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):  # Linux: honours CPU limits of containers
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def _hand_object(scene: Scene) -> np.ndarray:
     """[ngeom] bool: the object's geoms (a contact is hand-object if one side is)."""
     mask = np.zeros(scene.model.ngeom, bool)
@@ -130,15 +125,6 @@ def _relative_pose(scene: Scene, palm: int, data: mujoco.MjData):
     r_palm = data.xmat[palm].reshape(3, 3)
     pos = r_palm.T @ (data.xipos[obj] - data.xpos[palm])
     return pos, r_palm.T @ data.xmat[obj].reshape(3, 3)
-
-
-def _rotation_angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Geodesic angle between rotations [..., 3, 3] (as `rotations.rotation_angle`)."""
-    rel = np.swapaxes(a, -1, -2) @ b
-    cos2 = np.clip(np.trace(rel, axis1=-2, axis2=-1) - 1.0, -2.0, 2.0)
-    axis2 = np.stack([rel[..., 2, 1] - rel[..., 1, 2], rel[..., 0, 2] - rel[..., 2, 0],
-                      rel[..., 1, 0] - rel[..., 0, 1]], axis=-1)
-    return np.arctan2(np.linalg.norm(axis2, axis=-1), cos2)
 
 
 def _healthy(state0: np.ndarray, states: np.ndarray) -> np.ndarray:
@@ -286,7 +272,7 @@ def _chunk(template, scene, pool, datas, work, qpos, ctrl, out, index):
         translation[go] = np.where(
             healthy, np.linalg.norm(pos - pos0[go, None], axis=-1), np.inf)
         rotation[go] = np.where(
-            healthy, _rotation_angle(np.broadcast_to(rot0[go, None], rot.shape), rot), np.inf)
+            healthy, rotations.rotation_angle(np.broadcast_to(rot0[go, None], rot.shape), rot), np.inf)
         contact[go] = touch.reshape(len(go), d) & healthy
 
     held = finite & (translation < protocol.translation_bound_m) & (
@@ -332,7 +318,7 @@ def hold_test_mujoco(template: SimTemplate, prepared: PreparedObject, grasps, *,
     if qpos.shape != (n, model.nq) or ctrl.shape != (n, model.nu):
         raise ConfigError(f"qpos/ctrl must have shapes ({n}, {model.nq}) and ({n}, {model.nu}), "
                           f"got {qpos.shape} and {ctrl.shape}")
-    nthread = _usable_cpus() if nthread is None else int(nthread)
+    nthread = usable_cpus() if nthread is None else int(nthread)
     if nthread < 1:
         raise ConfigError(f"nthread must be at least 1, got {nthread}")
     d = NUM_DIRECTIONS

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 
 import mujoco
 import numpy as np
@@ -26,6 +25,7 @@ from mujoco import rollout
 from diffrl_jax.data import grasps as grasp_lib
 from diffrl_jax.data.example import _FINGERS, _J, _PALM_CENTRE, _S_MAX, _finger_geoms
 from diffrl_jax.errors import ConfigError
+from diffrl_jax.runtime import usable_cpus
 from diffrl_jax.evaluation.geometry import min_distance
 from diffrl_jax.hand import constants
 from diffrl_jax.scene import Scene
@@ -225,12 +225,6 @@ def _keep(geo: _Geometry, hand_qpos: np.ndarray, config: ProposalConfig) -> bool
     return -geo.distance(geo.scene.hand_geoms, config.max_penetration) <= config.max_penetration
 
 
-def _usable_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):  # Linux: honours CPU limits of containers
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def propose_grasps(scene: Scene, n: int, seed: int = 0, *,
                    config: ProposalConfig = ProposalConfig(), nthread: int | None = None,
                    **overrides) -> np.ndarray:
@@ -251,7 +245,7 @@ def propose_grasps(scene: Scene, n: int, seed: int = 0, *,
     except TypeError as e:  # an unknown field
         raise ConfigError(f"bad proposal config override: {e}") from None
     max_candidates = config.max_candidates or 200 * n
-    nthread = nthread or _usable_cpus()
+    nthread = nthread or usable_cpus()
     rng = np.random.default_rng(seed)
     geo = _Geometry(scene)
     centre, half = _object_box(scene, geo.data)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ import numpy as np
 from diffrl_jax.data.dexgraspnet import GraspDataset
 from diffrl_jax.errors import ConfigError
 from diffrl_jax.objects import assets
+from diffrl_jax.runtime import usable_cpus
 from diffrl_jax.sim import bank
 from diffrl_jax.sim.protocol import DIRECTION_NAMES, HoldProtocol
 
@@ -79,7 +79,7 @@ def protocol_json(protocol: HoldProtocol) -> dict:
 
 def device_name(backend: str) -> str:
     if backend == "mujoco":
-        return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} threads, MuJoCo C)"
+        return f"cpu ({platform.processor() or platform.machine()}, {usable_cpus()} threads, MuJoCo C)"
     import jax
 
     d = jax.devices()[0]
