@@ -223,3 +223,16 @@ def test_gradients_are_finite_at_identity():
 
     grad = jax.grad(loss)(jnp.zeros(3))
     assert np.all(np.isfinite(np.asarray(grad)))
+
+
+def test_rotvec_to_matrix_matches_scipy_and_is_smooth_at_zero():
+    import jax
+    import jax.numpy as jnp
+    from scipy.spatial.transform import Rotation
+
+    v = np.random.default_rng(0).normal(size=(16, 3))
+    np.testing.assert_allclose(rot.rotvec_to_matrix(v), Rotation.from_rotvec(v).as_matrix(), atol=1e-12)
+    np.testing.assert_allclose(rot.rotvec_to_matrix(np.zeros(3)), np.eye(3), atol=0)
+    grad = jax.grad(lambda x: rot.rotvec_to_matrix(x)[0, 1])(jnp.zeros(3))
+    assert bool(jnp.isfinite(grad).all())
+    np.testing.assert_allclose(np.asarray(grad), [0, 0, -1], atol=1e-6)

@@ -322,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     propose.add_argument("--no-label", action="store_true", help="skip the hold test")
     _add_sim_options(propose)
     propose.set_defaults(backend="mujoco", func=_cmd_propose)
+
+    from diffrl_jax.cli import refine
+
+    refine.add_commands(commands)
     return parser
 
 

@@ -209,3 +209,25 @@ def rotation_angle(rotation_a, rotation_b):
     positive = sq > 0.0
     sin2 = xp.where(positive, xp.sqrt(xp.where(positive, sq, 1.0)), 0.0)
     return xp.arctan2(sin2, cos2)
+
+
+def rotvec_to_matrix(rotvec):
+    """[..., 3] rotation vector (axis * angle, rad) -> [..., 3, 3] by Rodrigues.
+
+    Uses the Taylor series of sin(t)/t and (1 - cos t)/t^2 below 1e-4 rad so
+    the result and its gradient stay finite at zero.
+    """
+    xp = _xp(rotvec)
+    v = _as_float(xp, rotvec)
+    t2 = xp.sum(v * v, axis=-1)[..., None, None]
+    small = t2 < 1e-8
+    t2s = xp.where(small, 1.0, t2)
+    t = xp.sqrt(t2s)
+    a = xp.where(small, 1.0 - t2 / 6.0, xp.sin(t) / t)
+    b = xp.where(small, 0.5 - t2 / 24.0, (1.0 - xp.cos(t)) / t2s)
+    zero = xp.zeros_like(v[..., 0])
+    x, y, z = v[..., 0], v[..., 1], v[..., 2]
+    k = xp.stack([xp.stack([zero, -z, y], -1), xp.stack([z, zero, -x], -1),
+                  xp.stack([-y, x, zero], -1)], -2)
+    eye = xp.broadcast_to(xp.eye(3, dtype=k.dtype), k.shape)
+    return eye + a * k + b * xp.matmul(k, k)

@@ -78,7 +78,7 @@ def surface_distance(fields: ObjectFields, points: jax.Array):
     return dist, normal
 
 
-def _capsule_points(template: SimTemplate, d):
+def capsule_points(template: SimTemplate, d):
     """World points on the hand's capsules, their bodies and radii: [K, 3], [K], [K]."""
     model = template.scene.model
     caps = np.array([g for g in template.scene.hand_geoms
@@ -110,7 +110,7 @@ def finger_targets(template: SimTemplate, m, fields: ObjectFields, qpos: jax.Arr
     d = mjx.com_pos(m, d)
     joints = qpos[scene.hand_qpos[6:]]
     if protocol.squeeze_m > 0:
-        points, bodies, radii = _capsule_points(template, d)
+        points, bodies, radii = capsule_points(template, d)
         dist, normal = surface_distance(fields, points)
         active = (dist - radii) < protocol.squeeze_distance_m
         finger_dofs = scene.model.jnt_dofadr[

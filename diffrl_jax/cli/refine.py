@@ -1,0 +1,420 @@
+"""`diffrl refine`: PPO adapts a grasp dataset to a scenario (the host shell).
+
+Owns files, progress and logging; the environment, PPO and adaptation are the
+library's pure functions. OUTDIR holds:
+
+    run.json            everything needed to rebuild the run (configs, dataset, scenario)
+    checkpoints/<it>/   orbax: params, optimizer state, normaliser, env state, key, step
+    metrics.jsonl       one line per PPO iteration
+    tensorboard/        the same metrics as TensorBoard scalars
+    learning_curve.png  success and reward against environment steps
+    adapted/            the adapted dataset (DexGraspNet format, with labels
+                        success, refined, heldout, source_index)
+    adaptation.npz      per raw grasp: raw_success, success, keep, refined, heldout
+    summary.json        the per-object figures (also printed by --json)
+
+Training runs in blocks of iterations (one compiled `lax.scan` each) with a
+checkpoint after every block; `--resume` continues from the last one, so a
+killed run ends where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+
+from diffrl_jax.errors import ConfigError
+
+SCENARIOS = {
+    "default": {},
+    "low-friction": {"friction": 0.5},
+    "heavy": {"mass_scale": 2.0},
+    "weak": {"finger_strength": 0.5},
+}
+
+# Presets: the CPU one is a reduced run on MuJoCo's C engine; the GPU one runs
+# the hold test in MJX on the accelerator.
+PRESETS = {
+    "cpu": {"backend": "mujoco", "ppo": dict(num_envs=128, num_iterations=40, num_minibatches=2,
+                                             num_epochs=4, learning_rate=3e-4, entropy_cost=1e-3,
+                                             init_action_std=0.3,
+                                             policy_hidden_sizes=(256, 256),
+                                             value_hidden_sizes=(256, 256)),
+            "block": 5, "attempts": 8, "chunk": 64},
+    "gpu": {"backend": "mjx", "ppo": dict(num_envs=1024, num_iterations=60, num_minibatches=8,
+                                          num_epochs=4, learning_rate=3e-4, entropy_cost=1e-3,
+                                          init_action_std=0.3,
+                                          policy_hidden_sizes=(256, 256),
+                                          value_hidden_sizes=(256, 256)),
+            "block": 5, "attempts": 16, "chunk": 1024},
+}
+
+
+def _parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if "," in text or text.startswith("("):
+        return tuple(int(x) for x in text.strip("()").split(",") if x.strip())
+    return text
+
+
+def _overrides(items, flag: str) -> dict:
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ConfigError(f"{flag} expects FIELD=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _scenario(args) -> tuple[str, dict]:
+    if args.scenario not in SCENARIOS:
+        raise ConfigError(f"unknown scenario {args.scenario!r}; choose one of {sorted(SCENARIOS)}")
+    overrides = dict(SCENARIOS[args.scenario])
+    overrides.update(_overrides(args.set, "--set"))
+    return args.scenario, overrides
+
+
+def _configs(args):
+    from diffrl_jax.rl import ppo
+    from diffrl_jax.rl.refine_env import RefineConfig
+    from diffrl_jax.sim.protocol import protocol
+
+    preset = PRESETS[args.preset]
+    name, overrides = _scenario(args)
+    hold = protocol(args.protocol, **overrides)
+    ppo_overrides = dict(preset["ppo"])
+    ppo_overrides.update(_overrides(args.ppo, "--ppo"))
+    if args.iterations is not None:
+        ppo_overrides["num_iterations"] = args.iterations
+    if args.envs is not None:
+        ppo_overrides["num_envs"] = args.envs
+    refine_overrides = _overrides(args.refine, "--refine")
+    if args.steps is not None:
+        refine_overrides["steps"] = args.steps
+    refine_config = RefineConfig().replace(**refine_overrides)
+    ppo_overrides.setdefault("episode_length", refine_config.steps)
+    ppo_config = ppo.PPOConfig().replace(**ppo_overrides).validate()
+    backend = args.backend or preset["backend"]
+    return name, hold, ppo_config, refine_config, backend, preset
+
+
+def _run_record(args, scenario, hold, ppo_config, refine_config, backend, preset) -> dict:
+    from diffrl_jax.sim.validate import protocol_json
+
+    return {
+        "dataset": str(pathlib.Path(args.dir).resolve()),
+        "objects": args.objects, "limit": args.limit,
+        "scenario": scenario, "protocol": protocol_json(hold),
+        "ppo": ppo_config.to_json(), "refine": refine_config.to_json(),
+        "backend": backend, "preset": args.preset, "seed": args.seed,
+        "heldout_fraction": args.heldout, "budget_pieces": args.budget_pieces,
+        "block": args.block or preset["block"], "attempts": args.attempts or preset["attempts"],
+    }
+
+
+def _limit(dataset, limit):
+    import numpy as np
+
+    if limit is None:
+        return dataset
+    rows = np.concatenate([np.flatnonzero(dataset.object_index == k)[:limit]
+                           for k in range(len(dataset.object_codes))])
+    return dataclasses.replace(
+        dataset, grasps=dataset.grasps[rows], scales=dataset.scales[rows],
+        object_index=dataset.object_index[rows],
+        extras={k: v[rows] for k, v in dataset.extras.items()})
+
+
+def _plot_learning_curve(records: list[dict], path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["env_steps"] for r in records]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key, label in (("env/success", "success rate"), ("env/reward/held", "directions held")):
+        if records and key in records[0]:
+            axes[0].plot(steps, [r[key] for r in records], label=label)
+    axes[0].set_xlabel("environment steps")
+    axes[0].set_ylim(0, 1)
+    axes[0].legend()
+    axes[0].set_title("training grasps")
+    axes[1].plot(steps, [r.get("reward", float("nan")) for r in records])
+    axes[1].set_xlabel("environment steps")
+    axes[1].set_title("mean reward")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _write_text_atomic(path: pathlib.Path, text: str) -> None:
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _read_metrics(path: pathlib.Path, upto: int) -> list[dict]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            if record["iteration"] <= upto:
+                records.append(record)
+    return records
+
+
+def _scalars(metrics: dict, index: int) -> dict:
+    import numpy as np
+
+    return {k: float(np.asarray(v)[index]) for k, v in metrics.items()}
+
+
+def _problem(record: dict, dataset, progress=None):
+    """The problem and training environment of a run record (see `_run_record`)."""
+    from diffrl_jax.rl import refine
+    from diffrl_jax.rl.refine_env import RefineConfig
+    from diffrl_jax.sim.bank import ObjectBudget
+    from diffrl_jax.sim.protocol import HoldProtocol
+
+    fields = {k: (float("inf") if v is None else v) for k, v in record["protocol"].items()}
+    hold = HoldProtocol(**fields).validate()
+    budget = ObjectBudget(pieces=record["budget_pieces"]).validate()
+    problem = refine.build_problem(dataset, hold, budget, record["heldout_fraction"], record["seed"],
+                                   progress=progress)
+    return problem, RefineConfig(**record["refine"]).validate()
+
+
+def state_template(run_dir) -> object:
+    """A `ppo.TrainState` shaped like the checkpoints of the run in `run_dir`."""
+    import jax
+
+    from diffrl_jax.data.dexgraspnet import load_dexgraspnet
+    from diffrl_jax.rl import ppo, refine
+
+    record = json.loads((pathlib.Path(run_dir) / "run.json").read_text())
+    dataset = _limit(load_dexgraspnet(record["dataset"], objects=record["objects"]), record["limit"])
+    problem, refine_config = _problem(record, dataset)
+    env = refine.make_env(problem, refine_config, record["backend"])
+    ppo_config = ppo.PPOConfig.from_json(record["ppo"])
+    return ppo.init(ppo_config, env, jax.random.PRNGKey(record["seed"]))
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+    from tqdm import tqdm
+
+    from diffrl_jax import checkpoint
+    from diffrl_jax.data.dexgraspnet import load_dexgraspnet, write_dexgraspnet
+    from diffrl_jax.rl import ppo, refine
+    from diffrl_jax.sim.bank import ObjectBudget
+    from diffrl_jax.sim.validate import validate_dataset
+
+    scenario, hold, ppo_config, refine_config, backend, preset = _configs(args)
+    budget = ObjectBudget(pieces=args.budget_pieces).validate()
+    out = pathlib.Path(args.out)
+    record = _run_record(args, scenario, hold, ppo_config, refine_config, backend, preset)
+    ckpt_dir = out / "checkpoints"
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise ConfigError(f"{out} is not empty: pass --resume to continue its run, or choose a new --out")
+    if args.resume and (out / "run.json").exists():
+        previous = json.loads((out / "run.json").read_text())
+        if previous != record:
+            changed = sorted(k for k in record if previous.get(k) != record[k])
+            raise ConfigError(f"--resume: the run in {out} was started with other settings "
+                              f"(differs in: {', '.join(changed)})")
+    dataset = _limit(load_dexgraspnet(args.dir, objects=args.objects), args.limit)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text_atomic(out / "run.json", json.dumps(record, indent=2))
+
+    t0 = time.perf_counter()
+    with tqdm(total=len(validate_entries(dataset)), desc="preparing objects", unit="object",
+              file=sys.stderr, disable=None) as bar:
+        problem, _ = _problem(record, dataset, progress=bar.update)
+    env = refine.make_env(problem, refine_config, backend, nthread=args.threads)
+    key = jax.random.PRNGKey(args.seed)
+    state = ppo.init(ppo_config, env, key)
+    start = 0
+    latest = checkpoint.latest_step(ckpt_dir) if ckpt_dir.exists() else None
+    if args.resume and latest is not None:
+        state, _ = checkpoint.restore(ckpt_dir, state)
+        start = int(state.iteration)
+    records = _read_metrics(out / "metrics.jsonl", start)
+    timings = {"prepare_s": time.perf_counter() - t0}
+
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1)
+    block = record["block"]
+    total = ppo_config.num_iterations
+    train_s, jit_s = 0.0, 0.0
+    with tqdm(total=total, initial=start, desc=f"PPO ({backend})", unit="it", file=sys.stderr,
+              disable=None) as bar:
+        it = start
+        compiled = {}
+        while it < total:
+            n = min(block, total - it)
+            if n not in compiled:
+                t = time.perf_counter()
+                compiled[n] = jax.jit(ppo.make_block(ppo_config, env, n)).lower(state).compile()
+                jit_s += time.perf_counter() - t
+            t = time.perf_counter()
+            state, metrics = compiled[n](state)
+            metrics = jax.device_get(metrics)
+            train_s += time.perf_counter() - t
+            for i in range(n):
+                row = {"iteration": it + i + 1, **_scalars(metrics, i)}
+                row["env_steps"] = (it + i + 1) * ppo_config.num_envs * ppo_config.unroll_length
+                records.append(row)
+                for k, v in row.items():
+                    if k not in ("iteration", "env_steps"):
+                        writer.add_scalar(k, v, row["iteration"])
+            it += n
+            _write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+            checkpoint.save(ckpt_dir, it, state, record)
+            bar.update(n)
+            last = records[-1]
+            bar.set_postfix(success=f"{last.get('env/success', float('nan')):.2f}",
+                            reward=f"{last.get('reward', float('nan')):.2f}")
+    writer.close()
+    _plot_learning_curve(records, out / "learning_curve.png")
+    timings.update(train_s=train_s, jit_s=jit_s)
+
+    # Adaptation: every grasp (training and held-out) through the trained policy.
+    t = time.perf_counter()
+    networks = ppo.make_networks(env.observation_size, env.action_size, ppo_config)
+    deterministic = ppo.make_policy(networks, state.params, state.normalizer_params, True)
+    stochastic = ppo.make_policy(networks, state.params, state.normalizer_params, False)
+    env_all = refine.make_env(problem, refine_config, backend, rows=np.arange(len(dataset)),
+                              nthread=args.threads)
+    attempts = args.attempts or preset["attempts"]
+    attempts_fn = refine.make_attempts(env_all, deterministic, stochastic, attempts)
+    with tqdm(total=len(dataset), desc="adapting", unit="grasp", file=sys.stderr, disable=None) as bar:
+        adapted = refine.adapt(problem, env_all, attempts_fn, jax.random.fold_in(key, 1 << 20),
+                               chunk=preset["chunk"], progress=bar.update)
+    timings["adapt_s"] = time.perf_counter() - t
+    np.savez(out / ".adaptation.tmp.npz", raw_success=adapted.raw_success, success=adapted.success,
+             keep=adapted.keep, refined=adapted.refined, heldout=problem.heldout,
+             grasps=adapted.grasps)
+    (out / ".adaptation.tmp.npz").replace(out / "adaptation.npz")
+
+    adapted_ds, labels = refine.adapted_dataset(problem, adapted)
+    revalidated = None
+    if len(adapted_ds):
+        staging = out / ".adapted.tmp"
+        if staging.exists():
+            import shutil
+
+            shutil.rmtree(staging)
+        write_dexgraspnet(staging, adapted_ds, mesh_source_root=dataset.root, labels=labels)
+        if (out / "adapted").exists():
+            import shutil
+
+            shutil.rmtree(out / "adapted")
+        staging.replace(out / "adapted")
+        # The adapted dataset as `diffrl validate` sees it: re-read from disk, re-simulated.
+        t = time.perf_counter()
+        with tqdm(total=len(adapted_ds), desc="re-validating", unit="grasp", file=sys.stderr,
+                  disable=None) as bar:
+            revalidated, _ = validate_dataset(load_dexgraspnet(out / "adapted"), hold, backend=backend,
+                                              budget=budget, nthread=args.threads, progress=bar.update)
+        timings["revalidate_s"] = time.perf_counter() - t
+    result = refine.summary(problem, adapted, revalidated)
+    result.update(scenario=scenario, backend=backend, device=_device(backend),
+                  attempts=attempts, timings_s=timings,
+                  train_env_steps=int(ppo_config.num_iterations * ppo_config.num_envs
+                                      * ppo_config.unroll_length))
+    _write_text_atomic(out / "summary.json", json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_summary(result)
+    return 0
+
+
+def validate_entries(dataset):
+    from diffrl_jax.sim.validate import entries
+
+    return entries(dataset)
+
+
+def _device(backend: str) -> str:
+    from diffrl_jax.sim.validate import device_name
+
+    return device_name(backend)
+
+
+def _print_summary(result: dict) -> None:
+    header = (f"{'object':<44} {'n':>5} {'raw':>6} {'adapted':>8} {'fixed':>6} {'kept':>6} "
+              f"{'held-out':>9}")
+    print(header)
+    print("-" * len(header))
+
+    def fmt(x, width):
+        return f"{x:>{width}.3f}" if x is not None else f"{'-':>{width}}"
+
+    for code, r in result["objects"].items():
+        print(f"{code[:44]:<44} {r['n']:>5} {fmt(r['raw_success'], 6)} {fmt(r['adapted_success'], 8)} "
+              f"{fmt(r['fixed_fraction'], 6)} {fmt(r['kept_fraction'], 6)} "
+              f"{fmt(r['heldout_adapted_success'], 9)}")
+    t = result["timings_s"]
+    print(f"scenario {result['scenario']}, backend {result['backend']} on {result['device']}; "
+          + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+
+
+def add_commands(commands) -> None:
+    from diffrl_jax.cli.main import _positive_int
+
+    p = commands.add_parser(
+        "refine", help="adapt a grasp dataset to a scenario with PPO",
+        description="Train a PPO refiner on DIR's grasps under a scenario, apply it to every "
+                    "grasp and write the adapted dataset to OUTDIR/adapted.")
+    p.add_argument("dir", help="DexGraspNet-format dataset directory")
+    p.add_argument("--out", required=True, help="output directory of the run")
+    p.add_argument("--objects", nargs="+", metavar="CODE", help="only these object codes")
+    p.add_argument("--limit", type=_positive_int, help="first N grasps of each object")
+    p.add_argument("--scenario", default="default",
+                   help=f"target scenario: {', '.join(SCENARIOS)} (default: %(default)s)")
+    p.add_argument("--protocol", default="strict", choices=("strict", "dexgraspnet"))
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a protocol field of the scenario, e.g. --set friction=0.5")
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    p.add_argument("--backend", choices=("mjx", "mujoco"), help="default: the preset's")
+    p.add_argument("--iterations", type=_positive_int, help="PPO iterations (default: the preset's)")
+    p.add_argument("--envs", type=_positive_int, help="parallel environments (default: the preset's)")
+    p.add_argument("--steps", type=_positive_int, help="corrections per episode (default 1)")
+    p.add_argument("--block", type=_positive_int,
+                   help="PPO iterations per compiled block and checkpoint (default: the preset's)")
+    p.add_argument("--attempts", type=_positive_int,
+                   help="episodes per grasp when adapting (default: the preset's)")
+    p.add_argument("--ppo", action="append", metavar="FIELD=VALUE", help="override a PPOConfig field")
+    p.add_argument("--refine", action="append", metavar="FIELD=VALUE",
+                   help="override a RefineConfig field (bounds, reward scales)")
+    p.add_argument("--heldout", type=float, default=0.2, help="held-out fraction per object")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_positive_int, help="MuJoCo C threads (default: all CPUs)")
+    p.add_argument("--budget-pieces", type=_positive_int, default=32, metavar="P")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_refine)
+

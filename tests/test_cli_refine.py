@@ -1,0 +1,119 @@
+"""`diffrl refine` end to end on a few shared bottle grasps (MuJoCo-C backend), resume, bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from _paths import SHARED_DATA, requires_shared_data
+from diffrl_jax.cli.main import main
+
+BOTTLE = "sem-Bottle-437678d4bc6be981c8724d5673a063a6"
+ARGS = ["--objects", BOTTLE, "--limit", "6", "--iterations", "4", "--block", "2", "--envs", "8",
+        "--attempts", "2", "--budget-pieces", "3", "--set", "settle_s=0.02", "--set", "hold_s=0.1",
+        "--ppo", "num_minibatches=2", "--ppo", "policy_hidden_sizes=32,32",
+        "--ppo", "value_hidden_sizes=32,32", "--heldout", "0.34", "--threads", "2"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("refine") / "run"
+    assert main(["refine", str(SHARED_DATA), "--out", str(out), *ARGS]) == 0
+    return out
+
+
+def _npz(path):
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+@requires_shared_data
+@pytest.mark.slow
+def test_refine_writes_every_output(run):
+    for name in ("run.json", "metrics.jsonl", "learning_curve.png", "summary.json", "adaptation.npz"):
+        assert (run / name).is_file(), name
+    assert (run / "tensorboard").is_dir() and (run / "checkpoints" / "4").is_dir()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["reward"]) and 0 <= r["env/success"] <= 1 for r in records)
+    summary = json.loads((run / "summary.json").read_text())
+    r = summary["objects"][BOTTLE]
+    for key in ("raw_success", "adapted_success", "fixed_fraction", "kept_fraction",
+                "heldout_adapted_success"):
+        assert key in r
+    adaptation = _npz(run / "adaptation.npz")
+    assert r["n"] == 6 and adaptation["keep"].shape == (6,)
+    # Kept = refined or already holding; the summary's fractions come from these arrays.
+    np.testing.assert_array_equal(adaptation["keep"], adaptation["refined"] | adaptation["raw_success"])
+    assert r["kept_fraction"] == pytest.approx(adaptation["keep"].mean())
+    if adaptation["keep"].any():
+        from diffrl_jax.data.dexgraspnet import load_dexgraspnet
+
+        adapted = load_dexgraspnet(run / "adapted")
+        assert len(adapted) == int(adaptation["keep"].sum())
+        np.testing.assert_array_equal(adapted.extras["source_index"], np.flatnonzero(adaptation["keep"]))
+        assert adapted.extras["success"].all()
+
+
+@requires_shared_data
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_end(run, tmp_path):
+    """A run stopped after its first checkpoint and resumed ends bitwise where the full run did."""
+    from diffrl_jax import checkpoint
+
+    killed = tmp_path / "killed"
+    shutil.copytree(run, killed)
+    shutil.rmtree(killed / "checkpoints" / "4")
+    for name in ("summary.json", "adaptation.npz", "learning_curve.png"):
+        (killed / name).unlink()
+    shutil.rmtree(killed / "adapted", ignore_errors=True)
+    lines = (killed / "metrics.jsonl").read_text().splitlines()
+    (killed / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")  # a torn 3rd block line
+    assert main(["refine", str(SHARED_DATA), "--out", str(killed), *ARGS, "--resume"]) == 0
+    assert (killed / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text()
+    full, resumed = _npz(run / "adaptation.npz"), _npz(killed / "adaptation.npz")
+    for k in full:
+        np.testing.assert_array_equal(full[k], resumed[k], err_msg=k)
+    a = checkpoint.restore(run / "checkpoints", _restore_target(run))[0]
+    b = checkpoint.restore(killed / "checkpoints", _restore_target(run))[0]
+    import jax
+
+    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _restore_target(run):
+    """The TrainState structure of the run (rebuilt from run.json alone)."""
+    import jax
+
+    from diffrl_jax.cli import refine as cli_refine
+
+    return cli_refine.state_template(run)
+
+
+@requires_shared_data
+def test_refusing_a_non_empty_out_and_changed_settings(run, capsys):
+    assert main(["refine", str(SHARED_DATA), "--out", str(run), *ARGS]) == 2
+    assert "--resume" in capsys.readouterr().err
+    argv = ["refine", str(SHARED_DATA), "--out", str(run), *ARGS, "--resume", "--seed", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "seed" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["refine", "/nonexistent/dir", "--out", "/tmp/never_written"], "does not exist"),
+    (["refine", str(SHARED_DATA), "--out", "/tmp/never_written", "--scenario", "icy"], "unknown scenario"),
+    (["refine", str(SHARED_DATA), "--out", "/tmp/never_written", "--set", "friction=-1"], "friction"),
+    (["refine", str(SHARED_DATA), "--out", "/tmp/never_written", "--ppo", "num_envs=0"], "num_envs"),
+    (["refine", str(SHARED_DATA), "--out", "/tmp/never_written", "--refine", "steps=0"], "steps"),
+    (["refine", str(SHARED_DATA), "--out", "/tmp/never_written", "--ppo", "learning_rate"], "FIELD=VALUE"),
+])
+def test_bad_input_exits_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    import pathlib
+
+    assert not pathlib.Path("/tmp/never_written").exists()

@@ -1,0 +1,183 @@
+"""The refinement environment: corrections, shapes, determinism, NaN containment.
+
+The hold test runs on MuJoCo's C engine (`mujoco_hold_fn`) on the bottle of
+the shared sample at its smallest scale, with a 5-piece budget and a short
+strict protocol, so the module compiles a few small functions.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from _paths import SHARED_DATA, requires_shared_data
+from diffrl_jax.data import grasps as grasp_lib
+from diffrl_jax.data import rotations
+from diffrl_jax.errors import ConfigError
+from diffrl_jax.hand import constants
+from diffrl_jax.rl import refine, refine_env
+from diffrl_jax.rl.refine_env import ACTION_SIZE, RefineConfig, correct
+from diffrl_jax.sim import bank, protocol
+
+B = 4
+
+
+def _random_grasps(n, seed=0):
+    rng = np.random.default_rng(seed)
+    rot = rotations.rotvec_to_matrix(rng.normal(size=(n, 3)))
+    low, high = constants.JOINT_RANGES[:, 0], constants.JOINT_RANGES[:, 1]
+    joints = rng.uniform(low, high, size=(n, constants.NUM_JOINTS))
+    return grasp_lib.make_grasps(rng.normal(size=(n, 3)) * 0.1, rot, joints).astype(np.float32)
+
+
+def test_zero_action_keeps_the_grasp():
+    g = _random_grasps(8)
+    out = np.asarray(correct(jnp.asarray(g), jnp.zeros((8, ACTION_SIZE)), RefineConfig()))
+    np.testing.assert_allclose(out, g, atol=1e-6)
+
+
+def test_corrections_respect_their_bounds():
+    cfg = RefineConfig()
+    g = _random_grasps(64, seed=1)
+    a = np.random.default_rng(2).uniform(-3, 3, size=(64, ACTION_SIZE)).astype(np.float32)
+    out = np.asarray(correct(jnp.asarray(g), jnp.asarray(a), cfg), np.float64)
+    t0, r0, q0 = grasp_lib.split_grasps(g.astype(np.float64))
+    t1, r1, q1 = grasp_lib.split_grasps(out)
+    assert np.all(np.abs(t1 - t0) <= cfg.translation_m + 1e-6)
+    angle = rotations.rotation_angle(r0, r1)
+    assert np.all(angle <= cfg.rotation_rad * np.sqrt(3) + 1e-5)
+    assert np.all(np.abs(q1 - q0) <= cfg.joints_rad + cfg.closure_rad + 1e-5)
+    low, high = constants.JOINT_RANGES[:, 0], constants.JOINT_RANGES[:, 1]
+    assert np.all((q1 >= low - 1e-6) & (q1 <= high + 1e-6))
+
+
+def test_translation_action_moves_the_palm_in_the_object_frame():
+    g = _random_grasps(1)
+    a = np.zeros((1, ACTION_SIZE), np.float32)
+    a[0, 2] = 0.5
+    out = np.asarray(correct(jnp.asarray(g), jnp.asarray(a), RefineConfig()))
+    np.testing.assert_allclose(out[0, :3] - g[0, :3], [0, 0, 0.01], atol=1e-6)
+    np.testing.assert_allclose(out[0, 3:], g[0, 3:], atol=1e-6)
+
+
+def test_closure_closes_the_fingers():
+    g = _random_grasps(1)
+    g[0, grasp_lib.JOINTS] = np.clip(0.0, constants.JOINT_RANGES[:, 0], constants.JOINT_RANGES[:, 1])
+    a = np.zeros((1, ACTION_SIZE), np.float32)
+    a[0, refine_env.CLOSURE_ACTION] = 1.0
+    dq = np.asarray(correct(jnp.asarray(g), jnp.asarray(a), RefineConfig()))[0, grasp_lib.JOINTS] \
+        - g[0, grasp_lib.JOINTS]
+    assert np.all(dq * refine_env.CLOSURE >= -1e-6)  # never against the closing direction
+    assert np.abs(dq).max() > 0.2
+
+
+def test_joints_outside_their_limits_are_not_pushed_further():
+    g = _random_grasps(1)
+    high = constants.JOINT_RANGES[:, 1]
+    g[0, grasp_lib.JOINTS] = high + 0.05
+    a = np.ones((1, ACTION_SIZE), np.float32)
+    out = np.asarray(correct(jnp.asarray(g), jnp.asarray(a), RefineConfig()))
+    assert np.all(out[0, grasp_lib.JOINTS] <= high + 0.05 + 1e-6)
+
+
+def test_non_finite_actions_count_as_zero():
+    g = _random_grasps(2)
+    a = np.full((2, ACTION_SIZE), np.nan, np.float32)
+    out = np.asarray(correct(jnp.asarray(g), jnp.asarray(a), RefineConfig()))
+    np.testing.assert_allclose(out, g, atol=1e-6)
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="steps"):
+        RefineConfig(steps=0).validate()
+    with pytest.raises(ConfigError, match="translation_m"):
+        RefineConfig().replace(translation_m=-1.0)
+    with pytest.raises(ConfigError, match="unknown"):
+        RefineConfig().replace(squeeze=1.0)
+
+
+def test_heldout_split_is_per_object_and_seeded():
+    index = np.repeat(np.arange(3), [10, 5, 1])
+    a = refine.split_heldout(index, 0.2, seed=0)
+    assert [int(a[index == k].sum()) for k in range(3)] == [2, 1, 0]
+    np.testing.assert_array_equal(a, refine.split_heldout(index, 0.2, seed=0))
+    assert not np.array_equal(a, refine.split_heldout(index, 0.2, seed=1))
+    with pytest.raises(ConfigError):
+        refine.split_heldout(index, 1.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    from diffrl_jax.data.dexgraspnet import load_dexgraspnet
+
+    ds = load_dexgraspnet(SHARED_DATA, objects=["sem-Bottle-437678d4bc6be981c8724d5673a063a6"])
+    rows = np.flatnonzero(ds.scales == ds.scales.min())[:8]
+    ds = dataclasses.replace(ds, grasps=ds.grasps[rows], scales=ds.scales[rows],
+                             object_index=ds.object_index[rows], extras={})
+    hold = protocol.protocol("strict", settle_s=0.05, hold_s=0.25)
+    return refine.build_problem(ds, hold, bank.ObjectBudget(pieces=5), heldout_fraction=0.25)
+
+
+@pytest.fixture(scope="module")
+def env(problem):
+    return refine.make_env(problem, RefineConfig(), "mujoco", nthread=2)
+
+
+@pytest.fixture(scope="module")
+def jitted(env):
+    return jax.jit(jax.vmap(env.reset)), jax.jit(jax.vmap(env.step))
+
+
+@requires_shared_data
+def test_env_shapes_and_finite(env, jitted):
+    reset, step = jitted
+    state = reset(jax.random.split(jax.random.key(0), B))
+    assert state.obs.shape == (B, env.observation_size)
+    assert env.action_size == ACTION_SIZE
+    assert bool(jnp.isfinite(state.obs).all())
+    action = jax.random.uniform(jax.random.key(1), (B, ACTION_SIZE), minval=-1, maxval=1)
+    nxt = step(state, action)
+    assert nxt.obs.shape == state.obs.shape and nxt.reward.shape == (B,)
+    assert bool(jnp.isfinite(nxt.obs).all()) and bool(jnp.isfinite(nxt.reward).all())
+    assert bool((nxt.done == 1).all())  # one correction per episode by default
+    expected = sum(nxt.metrics[f"reward/{k}"] for k in
+                   ("success", "held", "displacement", "penetration", "action"))
+    np.testing.assert_allclose(nxt.reward, expected, rtol=1e-6)
+    np.testing.assert_array_equal(nxt.metrics["success"] > 0, nxt.info["success"])
+
+
+@requires_shared_data
+def test_env_is_deterministic(jitted):
+    reset, step = jitted
+    keys = jax.random.split(jax.random.key(3), B)
+    action = jax.random.uniform(jax.random.key(4), (B, ACTION_SIZE), minval=-1, maxval=1)
+    a = step(reset(keys), action)
+    b = step(reset(keys), action)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@requires_shared_data
+def test_env_step_matches_the_hold_test(problem, env, jitted):
+    """A zero action's reward comes from the same hold test `diffrl validate` runs."""
+    from diffrl_jax.sim import mujoco_backend
+
+    reset, step = jitted
+    state = reset(jax.random.split(jax.random.key(5), B))
+    nxt = step(state, jnp.zeros((B, ACTION_SIZE)))
+    rows = np.flatnonzero(~problem.heldout)[np.asarray(state.info["index"])]
+    direct = mujoco_backend.hold_test_mujoco(
+        problem.template, problem.prepared[0], problem.dataset.grasps[rows], nthread=2)
+    np.testing.assert_array_equal(np.asarray(nxt.info["success"]), direct.success)
+    np.testing.assert_array_equal(np.asarray(nxt.info["held"]), direct.held)
+
+
+@requires_shared_data
+def test_nan_action_is_contained(jitted):
+    reset, step = jitted
+    state = reset(jax.random.split(jax.random.key(6), B))
+    action = jnp.zeros((B, ACTION_SIZE)).at[0].set(jnp.nan)
+    nxt = step(state, action)
+    assert bool(jnp.isfinite(nxt.reward).all()) and bool(jnp.isfinite(nxt.obs).all())
