@@ -323,9 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sim_options(propose)
     propose.set_defaults(backend="mujoco", func=_cmd_propose)
 
-    from diffrl_jax.cli import refine
+    from diffrl_jax.cli import diffusion, refine
 
     refine.add_commands(commands)
+    diffusion.add_commands(commands)
     return parser
 
 
