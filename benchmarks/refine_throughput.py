@@ -27,8 +27,6 @@ from diffrl_jax import runtime  # noqa: E402
 runtime.configure()
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 from diffrl_jax.data.dexgraspnet import load_dexgraspnet  # noqa: E402
 from diffrl_jax.rl import ppo, refine  # noqa: E402

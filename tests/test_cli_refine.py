@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -77,16 +78,12 @@ def test_killed_run_resumes_to_the_same_end(run, tmp_path):
         np.testing.assert_array_equal(full[k], resumed[k], err_msg=k)
     a = checkpoint.restore(run / "checkpoints", _restore_target(run))[0]
     b = checkpoint.restore(killed / "checkpoints", _restore_target(run))[0]
-    import jax
-
     for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def _restore_target(run):
     """The TrainState structure of the run (rebuilt from run.json alone)."""
-    import jax
-
     from diffrl_jax.cli import refine as cli_refine
 
     return cli_refine.state_template(run)

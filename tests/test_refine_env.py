@@ -5,7 +5,6 @@ the shared sample at its smallest scale, with a 5-piece budget and a short
 strict protocol, so the module compiles a few small functions.
 """
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -114,8 +113,7 @@ def problem():
 
     ds = load_dexgraspnet(SHARED_DATA, objects=["sem-Bottle-437678d4bc6be981c8724d5673a063a6"])
     rows = np.flatnonzero(ds.scales == ds.scales.min())[:8]
-    ds = dataclasses.replace(ds, grasps=ds.grasps[rows], scales=ds.scales[rows],
-                             object_index=ds.object_index[rows], extras={})
+    ds = ds.take(rows)
     hold = protocol.protocol("strict", settle_s=0.05, hold_s=0.25)
     return refine.build_problem(ds, hold, bank.ObjectBudget(pieces=5), heldout_fraction=0.25)
 

@@ -18,6 +18,8 @@ import pathlib
 import sys
 import time
 
+from diffrl_jax.cli.common import (parse_assignments, positive_int, read_jsonl, save_figure_atomic,
+                                   write_jsonl_atomic)
 from diffrl_jax.errors import ConfigError, DataError
 
 METRICS_FILE = "metrics.jsonl"
@@ -27,28 +29,11 @@ _FROZEN_ON_RESUME = ("num_diffusion_steps", "schedule", "prediction", "width", "
                      "cond_scale", "encoding_points", "encoding_radius", "encoding_samples")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
-
-
-def _parse_sets(items) -> dict[str, str]:
-    overrides = {}
-    for item in items or ():
-        if "=" not in item:
-            raise ConfigError(f"--set expects FIELD=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = value.strip()
-    return overrides
-
-
 def _training_config(args, saved: dict | None):
     """The DiffusionConfig of this run: defaults or the checkpoint's, plus the options."""
     from diffrl_jax.diffusion.config import DiffusionConfig
 
-    overrides = _parse_sets(args.set)
+    overrides = parse_assignments(args.set, "--set")
     for name, value in (("num_steps", args.steps), ("batch_size", args.batch), ("seed", args.seed)):
         if value is not None:
             overrides[name] = str(value)
@@ -59,13 +44,6 @@ def _training_config(args, saved: dict | None):
     if frozen:
         raise ConfigError(f"cannot change {', '.join(frozen)} when resuming; train into a new --out")
     return config.with_overrides(overrides)
-
-
-def _read_metrics(path: pathlib.Path, up_to_step: int | None = None) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if up_to_step is None or r["step"] <= up_to_step]
 
 
 def plot_loss(rows: list[dict], path: pathlib.Path) -> None:
@@ -88,10 +66,7 @@ def plot_loss(rows: list[dict], path: pathlib.Path) -> None:
     lr_axis.set_ylabel("learning rate")
     fig.legend(loc="upper right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure_atomic(fig, path)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -146,8 +121,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / METRICS_FILE
-    rows = _read_metrics(metrics_path, int(state.step))  # drop lines logged past the checkpoint
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = read_jsonl(metrics_path, "step", int(state.step))  # drop lines logged past the checkpoint
+    write_jsonl_atomic(metrics_path, rows)
     start_step = int(state.step)
     timing = {"last": time.perf_counter(), "step": start_step, "first_block_s": None, "steady_s": 0.0,
               "steady_steps": 0}
@@ -253,8 +228,8 @@ def add_commands(commands) -> None:
     )
     train.add_argument("dataset", help="dataset directory (grasps/ and meshdata/ inside)")
     train.add_argument("--out", required=True, metavar="CKPT_DIR", help="checkpoint directory")
-    train.add_argument("--steps", type=_positive_int, help="total optimisation steps (default 5000)")
-    train.add_argument("--batch", type=_positive_int, help="minibatch size (default 256)")
+    train.add_argument("--steps", type=positive_int, help="total optimisation steps (default 5000)")
+    train.add_argument("--batch", type=positive_int, help="minibatch size (default 256)")
     train.add_argument("--seed", type=int, help="random seed (default 0)")
     which = train.add_mutually_exclusive_group()
     which.add_argument("--only-success", action="store_true",
@@ -280,13 +255,13 @@ def add_commands(commands) -> None:
     sample.add_argument("--scale", type=float,
                         help="object scale (default: the object's most common training scale; "
                              "built-ins: their natural size; required for mesh files)")
-    sample.add_argument("--n", type=_positive_int, required=True, help="grasps to sample")
-    sample.add_argument("--steps", type=_positive_int, help="DDIM steps (default 10)")
+    sample.add_argument("--n", type=positive_int, required=True, help="grasps to sample")
+    sample.add_argument("--steps", type=positive_int, help="DDIM steps (default 10)")
     sample.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm"))
     sample.add_argument("--guidance", type=float, default=1.0,
                         help="classifier-free guidance scale (1: none)")
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--batch", type=_positive_int, default=4096,
+    sample.add_argument("--batch", type=positive_int, default=4096,
                         help="grasps per compiled sampling call (default 4096)")
     sample.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     sample.add_argument("--out", required=True, help="output directory (DexGraspNet format)")

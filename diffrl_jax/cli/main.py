@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from diffrl_jax.cli.common import parse_assignments, positive_int, write_json_atomic, write_text_atomic
 from diffrl_jax.errors import DiffrlError
 
 EXIT_USER_ERROR = 2
@@ -85,10 +86,7 @@ def _protocol_from_args(args: argparse.Namespace):
     from diffrl_jax.sim.protocol import protocol
 
     overrides = {}
-    for item in args.set or ():
-        if "=" not in item:
-            raise DiffrlError(f"--set expects FIELD=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
+    for key, value in parse_assignments(args.set, "--set").items():
         try:
             if key == "require_contact":
                 overrides[key] = value.lower() in ("1", "true", "yes")
@@ -120,20 +118,6 @@ def _print_validation(report: dict) -> None:
           f"{gps:.2f} grasps/s, {report['physics_steps_per_s']:.0f} physics steps/s, jit {report['jit_s']:.1f} s")
 
 
-def _write_json_atomic(path: str, payload: dict) -> None:
-    import os
-    import pathlib
-    import tempfile
-
-    path = pathlib.Path(path)
-    if not path.parent.is_dir():
-        raise DiffrlError(f"directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
-
-
 def _cmd_validate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -152,7 +136,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                                      chunk=chunk, limit=args.limit, nthread=args.threads,
                                      progress=bar.update)
     if args.out:
-        _write_json_atomic(args.out, report)
+        write_json_atomic(args.out, report)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -218,17 +202,11 @@ def _cmd_propose(args: argparse.Namespace) -> int:
 
 
 def _write_mesh(out, code: str, text: str) -> None:
-    import os
-    import tempfile
-
     from diffrl_jax.data.dexgraspnet import mesh_path
 
     mesh = mesh_path(out, code)
     mesh.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=mesh.parent, prefix=".decomposed.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, mesh)
+    write_text_atomic(mesh, text)
 
 
 def _add_sim_options(parser: argparse.ArgumentParser) -> None:
@@ -238,15 +216,8 @@ def _add_sim_options(parser: argparse.ArgumentParser) -> None:
                         help="override a protocol field, e.g. --set friction=0.5 (repeatable)")
     parser.add_argument("--backend", default="mjx", choices=("mjx", "mujoco"),
                         help="mjx (JAX, GPU/TPU) or mujoco (MuJoCo C on CPU threads)")
-    parser.add_argument("--budget-pieces", type=_positive_int, default=32, metavar="P",
+    parser.add_argument("--budget-pieces", type=positive_int, default=32, metavar="P",
                         help="convex pieces per object in the compiled program (default 32)")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("out", help="output directory")
     example.add_argument("--objects", nargs="+", default=list(DEFAULT_EXAMPLE_OBJECTS),
                          metavar="NAME", help="built-in objects (default: %(default)s)")
-    example.add_argument("--n", type=_positive_int, default=32, help="grasps per object")
+    example.add_argument("--n", type=positive_int, default=32, help="grasps per object")
     example.add_argument("--seed", type=int, default=0)
     example.set_defaults(func=_cmd_data_example)
 
@@ -295,15 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("dir", help="dataset directory (grasps/ and meshdata/ inside)")
     validate.add_argument("--objects", nargs="+", metavar="CODE", help="only these object codes")
-    validate.add_argument("--limit", type=_positive_int, metavar="N",
+    validate.add_argument("--limit", type=positive_int, metavar="N",
                           help="the first N grasps of each object")
     validate.add_argument("--out", metavar="FILE.json", help="write the JSON report here")
     validate.add_argument("--json", action="store_true", help="print the JSON report")
-    validate.add_argument("--groups", type=_positive_int, default=4,
+    validate.add_argument("--groups", type=positive_int, default=4,
                           help="objects per compiled batch (mjx)")
-    validate.add_argument("--group-size", type=_positive_int, default=16,
+    validate.add_argument("--group-size", type=positive_int, default=16,
                           help="grasps per object per compiled batch (mjx)")
-    validate.add_argument("--threads", type=_positive_int, help="threads (mujoco backend)")
+    validate.add_argument("--threads", type=positive_int, help="threads (mujoco backend)")
     _add_sim_options(validate)
     validate.set_defaults(func=_cmd_validate)
 
@@ -316,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     propose.add_argument("--object", required=True, metavar="builtin:NAME|OBJ",
                          help="a built-in object (builtin:box ...) or a CoACD-style OBJ file")
     propose.add_argument("--scale", type=float, default=1.0, help="mesh scale (OBJ files)")
-    propose.add_argument("--n", type=_positive_int, default=64, help="grasps to propose")
+    propose.add_argument("--n", type=positive_int, default=64, help="grasps to propose")
     propose.add_argument("--seed", type=int, default=0)
     propose.add_argument("--out", required=True, help="output directory")
     propose.add_argument("--no-label", action="store_true", help="skip the hold test")

@@ -21,12 +21,14 @@ killed run ends where an uninterrupted one would.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import pathlib
+import shutil
 import sys
 import time
 
+from diffrl_jax.cli.common import (parse_assignments, positive_int, read_jsonl, save_figure_atomic,
+                                   write_json_atomic, write_jsonl_atomic)
 from diffrl_jax.errors import ConfigError
 
 SCENARIOS = {
@@ -68,13 +70,7 @@ def _parse_value(text: str):
 
 
 def _overrides(items, flag: str) -> dict:
-    out = {}
-    for item in items or ():
-        if "=" not in item:
-            raise ConfigError(f"{flag} expects FIELD=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = _parse_value(value.strip())
-    return out
+    return {k: _parse_value(v) for k, v in parse_assignments(items, flag).items()}
 
 
 def _scenario(args) -> tuple[str, dict]:
@@ -130,10 +126,7 @@ def _limit(dataset, limit):
         return dataset
     rows = np.concatenate([np.flatnonzero(dataset.object_index == k)[:limit]
                            for k in range(len(dataset.object_codes))])
-    return dataclasses.replace(
-        dataset, grasps=dataset.grasps[rows], scales=dataset.scales[rows],
-        object_index=dataset.object_index[rows],
-        extras={k: v[rows] for k, v in dataset.extras.items()})
+    return dataset.take(rows)
 
 
 def _plot_learning_curve(records: list[dict], path: pathlib.Path) -> None:
@@ -155,32 +148,7 @@ def _plot_learning_curve(records: list[dict], path: pathlib.Path) -> None:
     axes[1].set_xlabel("environment steps")
     axes[1].set_title("mean reward")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def _write_text_atomic(path: pathlib.Path, text: str) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _read_metrics(path: pathlib.Path, upto: int) -> list[dict]:
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            if record["iteration"] <= upto:
-                records.append(record)
-    return records
+    save_figure_atomic(fig, path)
 
 
 def _scalars(metrics: dict, index: int) -> dict:
@@ -228,7 +196,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     from diffrl_jax.data.dexgraspnet import load_dexgraspnet, write_dexgraspnet
     from diffrl_jax.rl import ppo, refine
     from diffrl_jax.sim.bank import ObjectBudget
-    from diffrl_jax.sim.validate import validate_dataset
+    from diffrl_jax.sim.validate import device_name, entries, validate_dataset
 
     scenario, hold, ppo_config, refine_config, backend, preset = _configs(args)
     budget = ObjectBudget(pieces=args.budget_pieces).validate()
@@ -245,10 +213,10 @@ def cmd_refine(args: argparse.Namespace) -> int:
                               f"(differs in: {', '.join(changed)})")
     dataset = _limit(load_dexgraspnet(args.dir, objects=args.objects), args.limit)
     out.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(out / "run.json", json.dumps(record, indent=2))
+    write_json_atomic(out / "run.json", record)
 
     t0 = time.perf_counter()
-    with tqdm(total=len(validate_entries(dataset)), desc="preparing objects", unit="object",
+    with tqdm(total=len(entries(dataset)), desc="preparing objects", unit="object",
               file=sys.stderr, disable=None) as bar:
         problem, _ = _problem(record, dataset, progress=bar.update)
     env = refine.make_env(problem, refine_config, backend, nthread=args.threads)
@@ -259,7 +227,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     if args.resume and latest is not None:
         state, _ = checkpoint.restore(ckpt_dir, state)
         start = int(state.iteration)
-    records = _read_metrics(out / "metrics.jsonl", start)
+    records = read_jsonl(out / "metrics.jsonl", "iteration", start)
     timings = {"prepare_s": time.perf_counter() - t0}
 
     from tensorboardX import SummaryWriter
@@ -290,7 +258,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
                     if k not in ("iteration", "env_steps"):
                         writer.add_scalar(k, v, row["iteration"])
             it += n
-            _write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+            write_jsonl_atomic(out / "metrics.jsonl", records)
             checkpoint.save(ckpt_dir, it, state, record)
             bar.update(n)
             last = records[-1]
@@ -322,15 +290,9 @@ def cmd_refine(args: argparse.Namespace) -> int:
     revalidated = None
     if len(adapted_ds):
         staging = out / ".adapted.tmp"
-        if staging.exists():
-            import shutil
-
-            shutil.rmtree(staging)
+        shutil.rmtree(staging, ignore_errors=True)
         write_dexgraspnet(staging, adapted_ds, mesh_source_root=dataset.root, labels=labels)
-        if (out / "adapted").exists():
-            import shutil
-
-            shutil.rmtree(out / "adapted")
+        shutil.rmtree(out / "adapted", ignore_errors=True)
         staging.replace(out / "adapted")
         # The adapted dataset as `diffrl validate` sees it: re-read from disk, re-simulated.
         t = time.perf_counter()
@@ -340,28 +302,16 @@ def cmd_refine(args: argparse.Namespace) -> int:
                                               budget=budget, nthread=args.threads, progress=bar.update)
         timings["revalidate_s"] = time.perf_counter() - t
     result = refine.summary(problem, adapted, revalidated)
-    result.update(scenario=scenario, backend=backend, device=_device(backend),
+    result.update(scenario=scenario, backend=backend, device=device_name(backend),
                   attempts=attempts, timings_s=timings,
                   train_env_steps=int(ppo_config.num_iterations * ppo_config.num_envs
                                       * ppo_config.unroll_length))
-    _write_text_atomic(out / "summary.json", json.dumps(result, indent=2))
+    write_json_atomic(out / "summary.json", result)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         _print_summary(result)
     return 0
-
-
-def validate_entries(dataset):
-    from diffrl_jax.sim.validate import entries
-
-    return entries(dataset)
-
-
-def _device(backend: str) -> str:
-    from diffrl_jax.sim.validate import device_name
-
-    return device_name(backend)
 
 
 def _print_summary(result: dict) -> None:
@@ -383,8 +333,6 @@ def _print_summary(result: dict) -> None:
 
 
 def add_commands(commands) -> None:
-    from diffrl_jax.cli.main import _positive_int
-
     p = commands.add_parser(
         "refine", help="adapt a grasp dataset to a scenario with PPO",
         description="Train a PPO refiner on DIR's grasps under a scenario, apply it to every "
@@ -392,7 +340,7 @@ def add_commands(commands) -> None:
     p.add_argument("dir", help="DexGraspNet-format dataset directory")
     p.add_argument("--out", required=True, help="output directory of the run")
     p.add_argument("--objects", nargs="+", metavar="CODE", help="only these object codes")
-    p.add_argument("--limit", type=_positive_int, help="first N grasps of each object")
+    p.add_argument("--limit", type=positive_int, help="first N grasps of each object")
     p.add_argument("--scenario", default="default",
                    help=f"target scenario: {', '.join(SCENARIOS)} (default: %(default)s)")
     p.add_argument("--protocol", default="strict", choices=("strict", "dexgraspnet"))
@@ -400,20 +348,20 @@ def add_commands(commands) -> None:
                    help="override a protocol field of the scenario, e.g. --set friction=0.5")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     p.add_argument("--backend", choices=("mjx", "mujoco"), help="default: the preset's")
-    p.add_argument("--iterations", type=_positive_int, help="PPO iterations (default: the preset's)")
-    p.add_argument("--envs", type=_positive_int, help="parallel environments (default: the preset's)")
-    p.add_argument("--steps", type=_positive_int, help="corrections per episode (default 1)")
-    p.add_argument("--block", type=_positive_int,
+    p.add_argument("--iterations", type=positive_int, help="PPO iterations (default: the preset's)")
+    p.add_argument("--envs", type=positive_int, help="parallel environments (default: the preset's)")
+    p.add_argument("--steps", type=positive_int, help="corrections per episode (default 1)")
+    p.add_argument("--block", type=positive_int,
                    help="PPO iterations per compiled block and checkpoint (default: the preset's)")
-    p.add_argument("--attempts", type=_positive_int,
+    p.add_argument("--attempts", type=positive_int,
                    help="episodes per grasp when adapting (default: the preset's)")
     p.add_argument("--ppo", action="append", metavar="FIELD=VALUE", help="override a PPOConfig field")
     p.add_argument("--refine", action="append", metavar="FIELD=VALUE",
                    help="override a RefineConfig field (bounds, reward scales)")
     p.add_argument("--heldout", type=float, default=0.2, help="held-out fraction per object")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=_positive_int, help="MuJoCo C threads (default: all CPUs)")
-    p.add_argument("--budget-pieces", type=_positive_int, default=32, metavar="P")
+    p.add_argument("--threads", type=positive_int, help="MuJoCo C threads (default: all CPUs)")
+    p.add_argument("--budget-pieces", type=positive_int, default=32, metavar="P")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_refine)

@@ -92,6 +92,13 @@ class GraspDataset:
     def __len__(self) -> int:
         return len(self.grasps)
 
+    def take(self, rows) -> "GraspDataset":
+        """The grasps at `rows` (indices or a boolean mask), same objects and labels."""
+        return dataclasses.replace(
+            self, grasps=self.grasps[rows], scales=self.scales[rows],
+            object_index=self.object_index[rows],
+            extras={name: values[rows] for name, values in self.extras.items()})
+
     def select(self, codes: Sequence[str]) -> "GraspDataset":
         """The grasps of `codes` only (kept in this dataset's order)."""
         codes = [codes] if isinstance(codes, str) else list(codes)
@@ -102,12 +109,9 @@ class GraspDataset:
         new_index[kept] = np.arange(len(kept), dtype=np.int32)
         mask = new_index[self.object_index] >= 0
         return dataclasses.replace(
-            self,
-            grasps=self.grasps[mask],
-            scales=self.scales[mask],
+            self.take(mask),
             object_index=new_index[self.object_index[mask]],
             object_codes=tuple(self.object_codes[index] for index in kept),
-            extras={name: values[mask] for name, values in self.extras.items()},
         )
 
     def for_object(self, code: str) -> "GraspDataset":

@@ -242,10 +242,7 @@ def adapt(problem: Problem, env_all: refine_env.RefineEnv, attempts_fn, key: jax
 def adapted_dataset(problem: Problem, adapted: Adapted) -> tuple[GraspDataset, dict]:
     """The kept grasps as a dataset, and their labels (name -> [kept])."""
     keep = adapted.keep
-    ds = problem.dataset
-    dataset = dataclasses.replace(
-        ds, grasps=adapted.grasps[keep], scales=ds.scales[keep],
-        object_index=ds.object_index[keep], extras={})
+    dataset = dataclasses.replace(problem.dataset.take(keep), grasps=adapted.grasps[keep], extras={})
     labels = {
         "success": np.ones(int(keep.sum()), bool),
         "refined": adapted.refined[keep],

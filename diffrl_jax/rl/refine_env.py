@@ -46,6 +46,13 @@ ACTION_SIZE = CLOSURE_ACTION + 1
 _GAP_RANGE = (-0.02, 0.05)
 
 
+def translation_scale(template: SimTemplate) -> float:
+    """The length (m) displacements are measured against: the protocol's
+    translation bound, or 2 cm where the protocol has none (dexgraspnet)."""
+    bound = template.protocol.translation_bound_m
+    return float(bound) if np.isfinite(bound) else 0.02
+
+
 def _closure_direction() -> np.ndarray:
     """[22] joint direction that closes every finger (thumb included), max |.| = 1."""
     from diffrl_jax.sim.propose import CLOSED_POSE, OPEN_POSE
@@ -216,8 +223,7 @@ def mujoco_hold_fn(template: SimTemplate, fields: ObjectFields,
 def reward_terms(result: hold.HoldResult, action: jax.Array, template: SimTemplate,
                  config: RefineConfig) -> dict[str, jax.Array]:
     """Named reward terms (already scaled); the reward is their sum."""
-    bound = template.protocol.translation_bound_m
-    bound = bound if np.isfinite(bound) else 0.02
+    bound = translation_scale(template)
     translation = jnp.where(jnp.isfinite(result.translation), result.translation, jnp.inf)
     displacement = jnp.mean(jnp.exp(-translation / bound))
     penetration = jnp.maximum(result.penetration_mm - config.penetration_tolerance_mm, 0.0)
@@ -247,8 +253,7 @@ class RefineEnv(Env):
         self._data = data
         self._hold = hold_fn
         self._config = config.validate()
-        bound = template.protocol.translation_bound_m
-        self._bound = float(bound) if np.isfinite(bound) else 0.02
+        self._bound = translation_scale(template)
         self._obs_size = None
 
     @property

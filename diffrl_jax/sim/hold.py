@@ -28,7 +28,7 @@ from diffrl_jax.data import rotations
 from diffrl_jax.hand import constants
 from diffrl_jax.scene import import_mjx
 from diffrl_jax.sim.bank import ObjectFields, SimTemplate, world_model
-from diffrl_jax.sim.protocol import DIRECTIONS, NUM_DIRECTIONS
+from diffrl_jax.sim.protocol import DIRECTIONS
 
 # Hand points used for the squeeze: each capsule's two ends and centre.
 _CAPSULE_POINTS = (-1.0, 0.0, 1.0)

@@ -13,7 +13,7 @@ import dataclasses
 import math
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
