@@ -49,6 +49,30 @@ def import_mjx():
     return mjx
 
 
+def put_model(model: mujoco.MjModel):
+    """`mjx.put_model` on this process's first device.
+
+    MJX defaults to `jax.devices()[0]`, which under `jax.distributed` belongs
+    to process 0 only; every other process could not use the model.
+    """
+    import jax
+
+    return import_mjx().put_model(model, device=jax.local_devices()[0])
+
+
+def blank_data(mjx_model):
+    """`mjx.make_data(mjx_model)` with numpy leaves, for use inside jitted code.
+
+    `mjx.make_data` ends with a `device_put` to one device, which inside a
+    program sharded over several devices would pin the worlds to that one;
+    numpy constants carry no placement.
+    """
+    import jax
+
+    with jax.ensure_compile_time_eval():  # eager even when first asked for inside a trace
+        return jax.device_get(import_mjx().make_data(mjx_model, device=jax.local_devices()[0]))
+
+
 @dataclasses.dataclass(frozen=True)
 class SceneConfig:
     """Physics and composition options; every field can be overridden."""
@@ -106,7 +130,7 @@ class Scene:
     def mjx_model(self):
         """The MJX (JAX) model of this scene."""
         try:
-            return import_mjx().put_model(self.model)
+            return put_model(self.model)
         except NotImplementedError as e:
             raise ConfigError(f"MJX cannot simulate the scene of {self.object_name!r}: {e}") from None
 

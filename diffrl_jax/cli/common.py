@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import pathlib
+import sys
 import tempfile
 
 from diffrl_jax.errors import ConfigError, DiffrlError
@@ -54,16 +55,73 @@ def write_jsonl_atomic(path, records: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
+def write_npz_atomic(path, arrays: dict) -> None:
+    """`np.savez` through a temporary file and a rename."""
+    import numpy as np
+
+    path = pathlib.Path(path)
+    if not path.parent.is_dir():
+        raise DiffrlError(f"directory {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    try:
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def read_jsonl(path, key: str, upto: int | None = None) -> list[dict]:
     """The records of a JSONL log, keeping those with `record[key] <= upto`.
 
-    Used on resume to drop what was logged after the last checkpoint.
+    Used on resume to drop what was logged after the last checkpoint. A torn
+    last line (a run killed while appending) is dropped; a bad line before it
+    is a `DataError`.
     """
     path = pathlib.Path(path)
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise DiffrlError(f"{path}: line {i + 1} is not JSON") from None
+        if not isinstance(record, dict) or key not in record:
+            raise DiffrlError(f"{path}: line {i + 1} has no {key!r}")
+        records.append(record)
     return [r for r in records if upto is None or r[key] <= upto]
+
+
+def add_distributed_options(parser: argparse.ArgumentParser) -> None:
+    """--coordinator/--num-processes/--process-id (else $JAX_COORDINATOR_ADDRESS, ...)."""
+    group = parser.add_argument_group(
+        "several processes", "run as one of N processes (jax.distributed); defaults come from "
+        "$JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES and $JAX_PROCESS_ID")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+    group.add_argument("--num-processes", type=positive_int, metavar="N")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1")
+
+
+def join_processes(args: argparse.Namespace) -> None:
+    """Joins jax.distributed when the command was given (or inherited) process settings."""
+    from diffrl_jax import parallel
+
+    if not hasattr(args, "coordinator"):
+        return
+    config = parallel.DistributedConfig.from_env(args.coordinator, args.num_processes, args.process_id)
+    if not config.enabled:
+        return
+    # The collectives' C++ code (gloo) logs to file descriptor 1; keep the
+    # command's stdout (its --json output) clean by sending fd 1 to stderr
+    # and printing through a copy of the original stdout.
+    sys.stdout.flush()
+    stdout = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = os.fdopen(stdout, "w", buffering=1)
+    parallel.initialize(config)
 
 
 def save_figure_atomic(fig, path, dpi: int = 100) -> None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 import time
 
-from diffrl_jax.cli.common import (parse_assignments, positive_int, read_jsonl, save_figure_atomic,
-                                   write_jsonl_atomic)
+from diffrl_jax.cli.common import (add_distributed_options, parse_assignments, positive_int, read_jsonl,
+                                   save_figure_atomic, write_jsonl_atomic)
 from diffrl_jax.errors import ConfigError, DataError
 
 METRICS_FILE = "metrics.jsonl"
@@ -77,8 +78,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from diffrl_jax.data.dexgraspnet import load_dexgraspnet
     from diffrl_jax.diffusion import pipeline
     from diffrl_jax.diffusion.model import make_denoiser, model_kwargs
+    from diffrl_jax import parallel
     from diffrl_jax.diffusion.train import (Normaliser, TrainData, fit_normaliser, grasp_training_data,
-                                            init_train_state, run_training)
+                                            init_train_state, replicate_for_training, run_training)
 
     out = pathlib.Path(args.out)
     if out.exists() and not out.is_dir():
@@ -116,13 +118,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_config = pipeline.checkpoint_config(
         config, kwargs, normaliser, pipeline.dataset_info(dataset, groups, cond_index, only_success))
     data = TrainData.create(samples, conds, cond_index, normaliser)
+    # Data parallel over every device (of every process): one program, the
+    # minibatch split, the gradient all-reduced.
+    mesh = parallel.data_mesh() if jax.device_count() > 1 else None
+    if mesh is not None:
+        parallel.check_divisible(config.batch_size, mesh, "batch size")
+        state, data = replicate_for_training(state, data, mesh)
+    primary = jax.process_index() == 0  # process 0 alone writes logs and plots
     print(f"training on {len(samples)} grasps of {len(run_config['dataset']['object_codes'])} object(s), "
           f"{len(groups)} (object, scale) conditions; model {kwargs}", file=sys.stderr)
 
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / METRICS_FILE
     rows = read_jsonl(metrics_path, "step", int(state.step))  # drop lines logged past the checkpoint
-    write_jsonl_atomic(metrics_path, rows)
+    if primary:
+        write_jsonl_atomic(metrics_path, rows)
     start_step = int(state.step)
     timing = {"last": time.perf_counter(), "step": start_step, "first_block_s": None, "steady_s": 0.0,
               "steady_steps": 0}
@@ -133,7 +143,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             checkpoint.save(out, step, state, run_config)
 
     with tqdm(total=config.num_steps, initial=start_step, desc="training", unit="step",
-              file=sys.stderr, disable=None) as bar, metrics_path.open("a") as log:
+              file=sys.stderr, disable=None) as bar, \
+            open(metrics_path if primary else os.devnull, "a") as log:
         def on_block(state, metrics):
             now = time.perf_counter()
             elapsed, timing["last"] = now - timing["last"], now
@@ -153,9 +164,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             if step // config.checkpoint_every > (step - steps) // config.checkpoint_every:
                 save(state)
 
-        state = run_training(state, data, config, model, on_block=on_block)
+        state = run_training(state, data, config, model, on_block=on_block, mesh=mesh)
     jax.block_until_ready(state)
     save(state)
+    if not primary:
+        return 0
     if rows:
         plot_loss(rows, out / LOSS_PLOT)
     steady = timing["steady_steps"] / timing["steady_s"] if timing["steady_s"] else None
@@ -163,6 +176,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "out": str(out), "step": int(state.step), "loss": rows[-1]["loss"] if rows else None,
         "steps_per_s": steady, "first_block_s": timing["first_block_s"],
         "batch_size": config.batch_size, "device": jax.devices()[0].device_kind,
+        "devices": jax.device_count(), "processes": jax.process_count(),
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -185,7 +199,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a directory")
+    import jax
+
+    from diffrl_jax import parallel
+
     trained = pipeline.load_trained(args.checkpoint, step=args.step)
+    mesh = parallel.local_mesh() if jax.local_device_count() > 1 else None
     spec = pipeline.resolve_object(trained, args.object, args.scale)
     sampler.timesteps_for(args.sampler, trained.config.num_diffusion_steps, args.steps)  # checks --steps
     start = time.perf_counter()
@@ -193,7 +212,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
               disable=None) as bar:
         grasps = pipeline.sample_grasps(trained, spec.cond, args.n, method=args.sampler, steps=args.steps,
                                         seed=args.seed, batch=args.batch, guidance_scale=args.guidance,
-                                        progress=bar.update)
+                                        progress=bar.update, mesh=mesh)
     elapsed = time.perf_counter() - start
     if spec.mesh_text is not None:
         _write_mesh(out, spec.code, spec.mesh_text)
@@ -240,6 +259,7 @@ def add_commands(commands) -> None:
                        help="override a DiffusionConfig field, e.g. --set width=128 (repeatable)")
     train.add_argument("--skip-bad", action="store_true", help="skip malformed grasp files")
     train.add_argument("--json", action="store_true", help="print a JSON summary")
+    add_distributed_options(train)
     train.set_defaults(func=cmd_train)
 
     sample = commands.add_parser(

@@ -11,7 +11,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from diffrl_jax.cli.common import parse_assignments, positive_int, write_json_atomic, write_text_atomic
+from diffrl_jax.cli.common import (add_distributed_options, join_processes, parse_assignments, positive_int,
+                                   write_json_atomic, write_npz_atomic, write_text_atomic)
 from diffrl_jax.errors import DiffrlError
 
 EXIT_USER_ERROR = 2
@@ -119,24 +120,38 @@ def _print_validation(report: dict) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    import pathlib
+
+    import jax
     from tqdm import tqdm
 
+    from diffrl_jax import parallel
     from diffrl_jax.data.dexgraspnet import load_dexgraspnet
-    from diffrl_jax.sim.validate import ChunkConfig, validate_dataset
+    from diffrl_jax.sim.validate import ChunkConfig, build_report, entries, process_entries, validate_share
 
     protocol = _protocol_from_args(args)
     budget = _budget_from_args(args)
     chunk = ChunkConfig(groups=args.groups, group_size=args.group_size).validate()
+    out = pathlib.Path(args.out) if args.out else None
+    if out is not None and not out.parent.is_dir():
+        raise DiffrlError(f"directory {out.parent} does not exist")
     dataset = load_dexgraspnet(args.dir, objects=args.objects)
-    total = sum(min(int((dataset.object_index == k).sum()), args.limit or 1 << 62)
-                for k in range(len(dataset.object_codes)))
-    with tqdm(total=total, desc=f"validating ({args.backend})", unit="grasp", file=sys.stderr,
-              disable=None) as bar:
-        report, _ = validate_dataset(dataset, protocol, backend=args.backend, budget=budget,
-                                     chunk=chunk, limit=args.limit, nthread=args.threads,
-                                     progress=bar.update)
-    if args.out:
-        write_json_atomic(args.out, report)
+    pid, processes = jax.process_index(), jax.process_count()
+    total = sum(len(e.rows) for e in process_entries(entries(dataset, args.limit), chunk.group_size))
+    desc = f"validating ({args.backend})" + (f" [process {pid}/{processes}]" if processes > 1 else "")
+    with tqdm(total=total, desc=desc, unit="grasp", file=sys.stderr, disable=None) as bar:
+        mine, timings = validate_share(dataset, protocol, backend=args.backend, budget=budget,
+                                       chunk=chunk, limit=args.limit, nthread=args.threads,
+                                       progress=bar.update)
+    if processes > 1 and out is not None:  # each process keeps its own part beside the report
+        write_npz_atomic(out.with_name(f"{out.stem}.part-{pid}-of-{processes}.npz"),
+                         dict(mine, jit_s=timings["jit_s"], run_s=timings["run_s"]))
+    rows = parallel.allgather_rows(mine)
+    report = build_report(dataset, protocol, args.backend, rows, parallel.allgather_max(timings))
+    if pid != 0:
+        return 0  # process 0 writes and prints the merged result
+    if out is not None:
+        write_json_atomic(out, report)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -201,6 +216,46 @@ def _cmd_propose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import time
+
+    import jax
+
+    from diffrl_jax import bench
+
+    batches = {}
+    for stage, text in parse_assignments(args.batch, "--batch").items():
+        if stage not in bench.STAGES:
+            raise DiffrlError(f"--batch: unknown stage {stage!r}; choose from {list(bench.STAGES)}")
+        try:
+            sizes = [int(x) for x in text.split(",")]
+        except ValueError:
+            raise DiffrlError(f"--batch {stage}=... expects comma-separated integers, got {text!r}") from None
+        if not sizes or min(sizes) < 1:
+            raise DiffrlError(f"--batch {stage}: batch sizes must be positive, got {text!r}")
+        batches[stage] = sizes
+    stages = args.stages or list(bench.STAGES)
+
+    def show(f):
+        if not args.json:
+            extra = f" ({f.extra['physics_steps_per_s']:.0f} physics steps/s)" if "physics_steps_per_s" in f.extra \
+                else ""
+            print(f"{f.stage:>8} batch {f.batch:>6}: {f.value:>11.1f} {f.unit}{extra}  jit {f.jit_s:6.1f} s  "
+                  f"{f.device} x{f.devices}", flush=True)
+
+    start = time.perf_counter()
+    figures = bench.run(stages, batches, args.backend, on_figure=show)
+    d = jax.devices()[0]
+    report = {"device": f"{d.platform} ({d.device_kind})", "devices": jax.device_count(),
+              "processes": jax.process_count(), "jax": jax.__version__,
+              "total_s": time.perf_counter() - start, "figures": [f.to_json() for f in figures]}
+    if args.out:
+        write_json_atomic(args.out, report)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
 def _write_mesh(out, code: str, text: str) -> None:
     from diffrl_jax.data.dexgraspnet import mesh_path
 
@@ -225,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="diffrl",
         description="Diffusion grasp policies on RL-adapted DexGraspNet datasets, in JAX.",
     )
+    parser.add_argument("--compile-cache", metavar="DIR",
+                        help="JAX's persistent compilation cache (default $DIFFRL_JAX_CACHE or "
+                             "~/.cache/diffrl_jax/jax; '' turns it off)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = commands.add_parser("data", help="inspect grasp datasets")
@@ -276,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="grasps per object per compiled batch (mjx)")
     validate.add_argument("--threads", type=positive_int, help="threads (mujoco backend)")
     _add_sim_options(validate)
+    add_distributed_options(validate)
     validate.set_defaults(func=_cmd_validate)
 
     propose = commands.add_parser(
@@ -298,6 +357,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     refine.add_commands(commands)
     diffusion.add_commands(commands)
+
+    bench_parser = commands.add_parser(
+        "bench",
+        help="throughput of every stage: physics, validation, PPO, diffusion training and sampling",
+        description="One figure per (stage, batch size): the rate of a warm run, JIT seconds apart, "
+                    "device kind and count. Batches are split over every device.",
+    )
+    bench_parser.add_argument("--stages", nargs="+", choices=("physics", "validate", "ppo", "train", "sample"),
+                              metavar="STAGE", help="physics validate ppo train sample (default: all)")
+    bench_parser.add_argument("--batch", action="append", metavar="STAGE=B[,B...]",
+                              help="batch sizes of a stage (repeatable); defaults depend on the platform")
+    bench_parser.add_argument("--backend", choices=("mjx", "mujoco"),
+                              help="validate/ppo simulator (default: mujoco on CPU, mjx on accelerators)")
+    bench_parser.add_argument("--out", metavar="FILE.json", help="also write the JSON report here")
+    bench_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    bench_parser.set_defaults(func=_cmd_bench)
     return parser
 
 
@@ -305,8 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from diffrl_jax import runtime
 
-    runtime.configure()
+    runtime.configure(args.compile_cache)
     try:
+        join_processes(args)
         return args.func(args)
     except DiffrlError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -28,7 +28,7 @@ import sys
 import time
 
 from diffrl_jax.cli.common import (parse_assignments, positive_int, read_jsonl, save_figure_atomic,
-                                   write_json_atomic, write_jsonl_atomic)
+                                   write_json_atomic, write_npz_atomic, write_jsonl_atomic)
 from diffrl_jax.errors import ConfigError
 
 SCENARIOS = {
@@ -227,6 +227,14 @@ def cmd_refine(args: argparse.Namespace) -> int:
     if args.resume and latest is not None:
         state, _ = checkpoint.restore(ckpt_dir, state)
         start = int(state.iteration)
+    # MJX envs and minibatches split over every local device (the C backend
+    # runs on host threads, so it stays on one).
+    mesh = None
+    if backend == "mjx" and jax.local_device_count() > 1:
+        from diffrl_jax import parallel
+
+        mesh = parallel.local_mesh()
+        state = ppo.shard_state(state, mesh)
     records = read_jsonl(out / "metrics.jsonl", "iteration", start)
     timings = {"prepare_s": time.perf_counter() - t0}
 
@@ -244,7 +252,9 @@ def cmd_refine(args: argparse.Namespace) -> int:
             n = min(block, total - it)
             if n not in compiled:
                 t = time.perf_counter()
-                compiled[n] = jax.jit(ppo.make_block(ppo_config, env, n)).lower(state).compile()
+                shardings = {} if mesh is None else {"out_shardings": (
+                    ppo.state_shardings(state, mesh), parallel.replicated_sharding(mesh))}
+                compiled[n] = jax.jit(ppo.make_block(ppo_config, env, n, mesh), **shardings).lower(state).compile()
                 jit_s += time.perf_counter() - t
             t = time.perf_counter()
             state, metrics = compiled[n](state)
@@ -270,6 +280,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
     # Adaptation: every grasp (training and held-out) through the trained policy.
     t = time.perf_counter()
+    state = jax.device_get(state)  # host copies: the adaptation places its own work
     networks = ppo.make_networks(env.observation_size, env.action_size, ppo_config)
     deterministic = ppo.make_policy(networks, state.params, state.normalizer_params, True)
     stochastic = ppo.make_policy(networks, state.params, state.normalizer_params, False)
@@ -281,10 +292,9 @@ def cmd_refine(args: argparse.Namespace) -> int:
         adapted = refine.adapt(problem, env_all, attempts_fn, jax.random.fold_in(key, 1 << 20),
                                chunk=preset["chunk"], progress=bar.update)
     timings["adapt_s"] = time.perf_counter() - t
-    np.savez(out / ".adaptation.tmp.npz", raw_success=adapted.raw_success, success=adapted.success,
-             keep=adapted.keep, refined=adapted.refined, heldout=problem.heldout,
-             grasps=adapted.grasps)
-    (out / ".adaptation.tmp.npz").replace(out / "adaptation.npz")
+    write_npz_atomic(out / "adaptation.npz", dict(
+        raw_success=adapted.raw_success, success=adapted.success, keep=adapted.keep,
+        refined=adapted.refined, heldout=problem.heldout, grasps=adapted.grasps))
 
     adapted_ds, labels = refine.adapted_dataset(problem, adapted)
     revalidated = None

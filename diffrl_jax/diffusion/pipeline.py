@@ -23,7 +23,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from diffrl_jax import checkpoint
+from diffrl_jax import checkpoint, parallel
 from diffrl_jax.data import dexgraspnet
 from diffrl_jax.data import grasps as grasp_lib
 from diffrl_jax.diffusion import sampler as sampler_lib
@@ -174,28 +174,38 @@ def _dataset_object(trained: TrainedModel, code: str, scale, encode) -> ObjectSp
 
 
 def grasp_sampler(trained: TrainedModel, batch: int, method: str = "ddim", steps: int | None = None,
-                  guidance_scale: float = 1.0, eta: float = 0.0):
+                  guidance_scale: float = 1.0, eta: float = 0.0, mesh=None):
     """A compiled `(params, normaliser, cond, key) -> grasps [batch, 31]` for this model."""
     if guidance_scale != 1.0 and trained.config.cond_dropout == 0.0:
         raise ConfigError("classifier-free guidance needs a model trained with cond_dropout > 0")
     return sampler_lib.make_grasp_sampler(
         trained.model, make_schedule(trained.config), num_samples=batch, method=method, steps=steps,
         prediction=trained.config.prediction, guidance_scale=guidance_scale,
-        x0_clip=trained.config.x0_clip, eta=eta)
+        x0_clip=trained.config.x0_clip, eta=eta, mesh=mesh)
 
 
 def sample_grasps(trained: TrainedModel, cond, n: int, *, method: str = "ddim", steps: int | None = None,
                   seed: int = 0, batch: int = DEFAULT_SAMPLE_BATCH, guidance_scale: float = 1.0,
-                  eta: float = 0.0, progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """`n` grasps `[n, 31]` float64 for one condition `[C]`, in chunks of one compiled batch size."""
-    batch = min(batch, n)
-    sample = grasp_sampler(trained, batch, method, steps, guidance_scale, eta)
+                  eta: float = 0.0, progress: Callable[[int], None] | None = None,
+                  mesh=None) -> np.ndarray:
+    """`n` grasps `[n, 31]` float64 for one condition `[C]`, in chunks of one compiled batch size.
+
+    `mesh`: each chunk is split over its devices (the chunk size is rounded
+    up to a multiple of the device count).
+    """
+    batch = parallel.padded_size(min(batch, n), parallel.num_shards(mesh))
+    sample = grasp_sampler(trained, batch, method, steps, guidance_scale, eta, mesh)
     key = jax.random.key(seed)
     cond = np.asarray(cond, np.float32)
+    params, normaliser = trained.params, trained.normaliser
+    if mesh is not None:
+        params, normaliser, cond = parallel.replicate(jax.device_get((params, normaliser, cond)), mesh)
+        key = parallel.replicate(jax.random.key_data(key), mesh)
+        key = jax.random.wrap_key_data(key)
     chunks, done = [], 0
     while done < n:  # host loop over chunks; the last one is padded to the compiled size
-        grasps = np.asarray(sample(trained.params, trained.normaliser, cond,
-                                   jax.random.fold_in(key, len(chunks))), dtype=np.float64)
+        out = sample(params, normaliser, cond, jax.random.fold_in(key, len(chunks)))
+        grasps = np.asarray(parallel.to_host(out), dtype=np.float64)
         grasps = grasp_lib.clip_to_joint_limits(grasps)  # again in float64: float32 limits round outward
         take = min(batch, n - done)
         chunks.append(grasps[:take])

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffrl_jax import parallel
 from diffrl_jax.data import grasps as grasp_lib
 from diffrl_jax.data import rotations
 from diffrl_jax.diffusion import schedule as schedule_lib
@@ -100,17 +101,21 @@ def guided_denoiser(model, params, cond, guidance_scale: float = 1.0):
 def make_grasp_sampler(model, schedule: schedule_lib.Schedule, *, num_samples: int,
                        method: str = "ddim", steps: int | None = None, prediction: str = "v",
                        guidance_scale: float = 1.0, x0_clip: float = 0.0, eta: float = 0.0,
-                       postprocess: Callable | None = postprocess_grasps):
+                       postprocess: Callable | None = postprocess_grasps, mesh=None):
     """jitted `(params, normaliser, cond, key) -> samples [num_samples, D]`.
 
     cond: `[C]` (one object for the whole batch, the fast path) or
     `[num_samples, C]`. Samples are un-normalised and, by default,
     post-processed into valid grasps (`postprocess=None` skips that).
+    `mesh`: the batch is split over its devices (num_samples must divide);
+    the noise is the same whatever the split, so are the samples.
     """
     timesteps = timesteps_for(method, schedule.num_steps, steps)
+    parallel.check_divisible(num_samples, mesh, "sample batch")
 
     def sample(params, normaliser, cond, key):
         x_T = jax.random.normal(key, (num_samples, model.data_dim), jnp.float32)
+        x_T = parallel.constrain_batch(x_T, mesh)
         denoise = guided_denoiser(model, params, cond, guidance_scale)
         step_key = jax.random.fold_in(key, 1)
         x = sample_loop(denoise, schedule, x_T, step_key, timesteps, method, prediction, x0_clip, eta)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from diffrl_jax import parallel
 from diffrl_jax.diffusion import schedule as schedule_lib
 from diffrl_jax.diffusion.config import DiffusionConfig
 from diffrl_jax.diffusion.model import Denoiser
@@ -139,10 +140,15 @@ def diffusion_loss(params, model: Denoiser, schedule: schedule_lib.Schedule, con
 
 def train_step(state: TrainState, data: TrainData, *, model: Denoiser,
                schedule: schedule_lib.Schedule, optimizer: optax.GradientTransformation,
-               config: DiffusionConfig):
-    """One AdamW step on a minibatch drawn from `data`, then the EMA update."""
+               config: DiffusionConfig, mesh=None):
+    """One AdamW step on a minibatch drawn from `data`, then the EMA update.
+
+    With a `mesh`, the minibatch is split over its devices (data parallel;
+    XLA all-reduces the gradient), everything else stays replicated.
+    """
     key, batch_key, loss_key = jax.random.split(state.key, 3)
     index = jax.random.randint(batch_key, (config.batch_size,), 0, data.x.shape[0])
+    index = parallel.constrain_batch(index, mesh)
     x0, cond = data.x[index], data.cond[data.cond_index[index]]
     loss, grads = jax.value_and_grad(diffusion_loss)(state.params, model, schedule, config, x0, cond,
                                                      loss_key)
@@ -157,19 +163,22 @@ def train_step(state: TrainState, data: TrainData, *, model: Denoiser,
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
-def make_train_block(config: DiffusionConfig, model: Denoiser, steps: int | None = None):
+def make_train_block(config: DiffusionConfig, model: Denoiser, steps: int | None = None, mesh=None):
     """jitted `(state, data) -> (state, metrics)` running `steps` (default block_steps) steps.
 
     metrics: mean loss and gradient norm over the block, and the learning
-    rate of its last step (scalars).
+    rate of its last step (scalars). `mesh`: split each minibatch over its
+    devices (`config.batch_size` must divide; state and data replicated, see
+    `replicate_for_training`).
     """
     config.validate()
+    parallel.check_divisible(config.batch_size, mesh, "batch size")
     steps = config.block_steps if steps is None else int(steps)
     schedule = make_schedule(config)
     optimizer = make_optimizer(config)
     lr = learning_rate_schedule(config)
     step_fn = functools.partial(train_step, model=model, schedule=schedule, optimizer=optimizer,
-                                config=config)
+                                config=config, mesh=mesh)
 
     def block(state: TrainState, data: TrainData):
         state, metrics = jax.lax.scan(lambda s, _: step_fn(s, data), state, length=steps)
@@ -177,12 +186,25 @@ def make_train_block(config: DiffusionConfig, model: Denoiser, steps: int | None
         summary["learning_rate"] = lr(state.step - 1)
         return state, summary
 
-    return jax.jit(block)
+    if mesh is None:
+        return jax.jit(block)
+    replicated = parallel.replicated_sharding(mesh)
+    return jax.jit(block, out_shardings=replicated)
+
+
+def replicate_for_training(state: TrainState, data: TrainData, mesh):
+    """State and data placed whole on every device of `mesh` (host copies first)."""
+    state, data = jax.device_get((state, data))
+    key = state.key
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    state = state.replace(key=jax.random.key_data(key) if typed else key)
+    state, data = parallel.replicate((state, data), mesh)
+    return state.replace(key=jax.random.wrap_key_data(state.key) if typed else state.key), data
 
 
 def run_training(state: TrainState, data: TrainData, config: DiffusionConfig, model: Denoiser,
                  until_step: int | None = None,
-                 on_block: Callable[[TrainState, dict], None] | None = None) -> TrainState:
+                 on_block: Callable[[TrainState, dict], None] | None = None, mesh=None) -> TrainState:
     """Runs blocks until `until_step` (default config.num_steps) steps are done.
 
     The host loop (not jittable: it calls `on_block(state, metrics)` with
@@ -194,7 +216,7 @@ def run_training(state: TrainState, data: TrainData, config: DiffusionConfig, mo
     while (done := int(state.step)) < until_step:
         steps = min(config.block_steps, until_step - done)
         if steps not in blocks:
-            blocks[steps] = make_train_block(config, model, steps)
+            blocks[steps] = make_train_block(config, model, steps, mesh)
         state, metrics = blocks[steps](state, data)
         if on_block is not None:
             on_block(state, {name: float(value) for name, value in metrics.items()})

@@ -57,7 +57,9 @@ from brax.training import types as brax_types
 from brax.training.acme import running_statistics
 from brax.training.agents.ppo import networks as ppo_networks
 from brax.training.agents.ppo.losses import PPONetworkParams
+from jax.sharding import NamedSharding, PartitionSpec
 
+from diffrl_jax import parallel
 from diffrl_jax.errors import ConfigError
 
 __all__ = [
@@ -634,7 +636,26 @@ def init(config: PPOConfig, env: Env, key: jax.Array) -> TrainState:
     return _strip_weak_types(state)
 
 
-def make_iteration(config: PPOConfig, env: Env) -> Callable[[TrainState], tuple[TrainState, dict]]:
+def state_shardings(state: TrainState, mesh) -> TrainState:
+    """Shardings of a TrainState on `mesh`: the envs split over its devices, the rest replicated."""
+    batch, whole = parallel.batch_sharding(mesh), parallel.replicated_sharding(mesh)
+    shardings = jax.tree.map(lambda _: whole, state)
+    return shardings.replace(
+        env_state=jax.tree.map(lambda _: batch, state.env_state),
+        episode_step=batch, episode_return=batch)
+
+
+def shard_state(state: TrainState, mesh) -> TrainState:
+    """Places `state` on `mesh` (host copy first, so any placement works)."""
+    parallel.check_divisible(state.episode_step.shape[0], mesh, "num_envs")
+    host = jax.device_get(state)
+    envs = (host.env_state, host.episode_step, host.episode_return)
+    env_state, episode_step, episode_return = parallel.shard_batch(envs, mesh)
+    rest = parallel.replicate(host.replace(env_state=None, episode_step=None, episode_return=None), mesh)
+    return rest.replace(env_state=env_state, episode_step=episode_step, episode_return=episode_return)
+
+
+def make_iteration(config: PPOConfig, env: Env, mesh=None) -> Callable[[TrainState], tuple[TrainState, dict]]:
     """`iteration(state) -> (state, metrics)`: one PPO iteration, pure and jittable.
 
     Rollout of T = unroll_length steps in B = num_envs envs, GAE with the
@@ -642,8 +663,15 @@ def make_iteration(config: PPOConfig, env: Env) -> Callable[[TrainState], tuple[
     minibatch updates, then the normaliser update. Metrics are scalars: rollout
     statistics (`reward`, `episode_return`, ...) and losses averaged over all
     minibatch updates.
+
+    `mesh`: data parallel -- envs and every minibatch are split over its
+    devices (num_envs and the minibatch size must divide), parameters
+    replicated; place the state with `shard_state`. XLA all-reduces the
+    gradients, so results equal one device's up to reduction order.
     """
     config.validate()
+    parallel.check_divisible(config.num_envs, mesh, "num_envs")
+    parallel.check_divisible(config.minibatch_size, mesh, "minibatch size")
     networks = make_networks(env.observation_size, env.action_size, config)
     optimizer = make_optimizer(config)
     update_fn = functools.partial(update, networks=networks, optimizer=optimizer, config=config)
@@ -690,6 +718,9 @@ def make_iteration(config: PPOConfig, env: Env) -> Callable[[TrainState], tuple[
             permutation = jax.random.permutation(permutation_key, config.batch_size)
             shape = (config.num_minibatches, config.minibatch_size)
             minibatches = jax.tree.map(lambda x: jnp.reshape(x[permutation], shape + x.shape[1:]), batch)
+            if mesh is not None:  # split every minibatch (axis 1), not the scan over them
+                split = NamedSharding(mesh, PartitionSpec(None, parallel.AXIS))
+                minibatches = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, split), minibatches)
             loss_keys = jax.random.split(loss_key, config.num_minibatches)
             return jax.lax.scan(minibatch_step, carry, (minibatches, loss_keys))
 
@@ -718,11 +749,12 @@ def make_iteration(config: PPOConfig, env: Env) -> Callable[[TrainState], tuple[
 
 
 def make_block(
-    config: PPOConfig, env: Env, num_iterations: int
+    config: PPOConfig, env: Env, num_iterations: int, mesh=None
 ) -> Callable[[TrainState], tuple[TrainState, dict]]:
     """`block(state) -> (state, metrics)`: `num_iterations` iterations in one
-    `lax.scan`; each metric is stacked to [num_iterations]."""
-    iteration = make_iteration(config, env)
+    `lax.scan`; each metric is stacked to [num_iterations]. `mesh`: see
+    `make_iteration`."""
+    iteration = make_iteration(config, env, mesh)
 
     def block(state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
         return jax.lax.scan(

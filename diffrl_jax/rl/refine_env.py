@@ -128,7 +128,7 @@ def correct(grasps: jax.Array, actions: jax.Array, config: RefineConfig) -> jax.
 def hand_gaps(template: SimTemplate, fields: ObjectFields, grasp: jax.Array) -> jax.Array:
     """Signed gaps (m) between the hand's capsule points and the object: [K]."""
     mjx = import_mjx()
-    d = mjx.make_data(template.mjx_model).replace(qpos=hold.initial_qpos(template, grasp))
+    d = template.blank_data.replace(qpos=hold.initial_qpos(template, grasp))
     d = mjx.kinematics(template.mjx_model, d)
     points, _, radii = hold.capsule_points(template, d)
     dist, _ = hold.surface_distance(fields, points)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import io
 from collections.abc import Sequence
 
@@ -34,7 +35,7 @@ from scipy import spatial
 from diffrl_jax.errors import ConfigError
 from diffrl_jax.hand import constants, shadow
 from diffrl_jax.objects import assets
-from diffrl_jax.scene import Scene, SceneConfig, build_scene, import_mjx
+from diffrl_jax.scene import Scene, SceneConfig, blank_data, build_scene, put_model
 from diffrl_jax.sim.protocol import HoldProtocol
 
 _PAD_PIECE = np.array([[0.0, 0.0, -10.0], [0.01, 0.0, -10.0], [0.0, 0.01, -10.0], [0.0, 0.0, -9.99]])
@@ -202,6 +203,11 @@ class SimTemplate:
     protocol: HoldProtocol
     palm_body: int
 
+    @functools.cached_property
+    def blank_data(self):
+        """`mjx.make_data` of the template as numpy (placement-free inside jit)."""
+        return blank_data(self.mjx_model)
+
     def fields(self, prepared: PreparedObject) -> ObjectFields:
         """`ObjectFields` (numpy) of one prepared object in this template."""
         model = self.scene.model
@@ -247,7 +253,7 @@ def make_template(protocol: HoldProtocol, budget: ObjectBudget = ObjectBudget())
         raise AssertionError(f"object mesh slots {slots} are not 0..{budget.pieces - 1}")
     model.geom_pos[scene.object_geoms] = 0.0
     model.geom_quat[scene.object_geoms] = (1.0, 0.0, 0.0, 0.0)
-    mjx_model = import_mjx().put_model(model)
+    mjx_model = put_model(model)
     return SimTemplate(scene, mjx_model, budget, protocol, model.body(constants.ROOT_BODY).id)
 
 

@@ -105,7 +105,7 @@ def finger_targets(template: SimTemplate, m, fields: ObjectFields, qpos: jax.Arr
 
     protocol = template.protocol
     scene = template.scene
-    d = mjx.make_data(template.mjx_model).replace(qpos=qpos)
+    d = template.blank_data.replace(qpos=qpos)
     d = mjx.kinematics(m, d)
     d = mjx.com_pos(m, d)
     joints = qpos[scene.hand_qpos[6:]]
@@ -179,7 +179,7 @@ def hold_object(template: SimTemplate, fields: ObjectFields, grasps: jax.Array) 
     protocol = template.protocol
     m = world_model(template, fields)
     qpos, ctrl = initial_state(template, fields, grasps)
-    blank = mjx.make_data(template.mjx_model)
+    blank = template.blank_data
 
     def place(q, u):
         d = blank.replace(qpos=q, ctrl=u)

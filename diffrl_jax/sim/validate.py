@@ -5,6 +5,13 @@ chunks). Grasps are grouped by (object, scale) -- one simulated object each --
 and packed into chunks of `groups` groups of `group_size` grasps, the one shape
 the jitted `hold.make_hold_test` program is compiled for; short groups are
 padded with copies whose results are dropped.
+
+Every local device takes a share of each chunk (the group axis is split over
+a `parallel.local_mesh()`, padded to a multiple of the device count), and
+with several processes each validates its share of the groups
+(`parallel.process_share`); `validate_dataset` merges the rows of all
+processes (`parallel.allgather_rows`) so every process returns the whole
+report.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from diffrl_jax import parallel
 from diffrl_jax.data.dexgraspnet import GraspDataset
 from diffrl_jax.errors import ConfigError
 from diffrl_jax.objects import assets
@@ -83,7 +91,8 @@ def device_name(backend: str) -> str:
     import jax
 
     d = jax.devices()[0]
-    return f"{d.platform} ({d.device_kind})"
+    count = f" x {jax.device_count()}" if jax.device_count() > 1 else ""
+    return f"{d.platform} ({d.device_kind}){count}"
 
 
 def _pack(items, groups: int):
@@ -93,11 +102,32 @@ def _pack(items, groups: int):
         yield chunk + [chunk[-1]] * (groups - len(chunk)), len(chunk)
 
 
-def run_mjx(dataset, entry_list, template, chunk: ChunkConfig, progress=None):
-    """Hold results per dataset row: dict of numpy arrays, and timings."""
+def process_entries(entry_list: list[Entry], group_size: int, process_id: int | None = None,
+                    num_processes: int | None = None) -> list[Entry]:
+    """This process's share of the work: entries cut into pieces of `group_size` rows.
+
+    Pieces are split between processes by `parallel.process_share`, so each
+    takes about the same number of grasps; a result per row does not depend
+    on which process or chunk ran it.
+    """
+    pieces = [Entry(e.code, e.scale, e.rows[s:s + group_size])
+              for e in entry_list for s in range(0, len(e.rows), group_size)]
+    mine = parallel.process_share([len(p.rows) for p in pieces], process_id, num_processes)
+    return [pieces[i] for i in mine]
+
+
+def run_mjx(dataset, entry_list, template, chunk: ChunkConfig, progress=None, mesh=None):
+    """Hold results per dataset row: dict of numpy arrays, and timings.
+
+    The group axis of every chunk is split over `mesh` (default: this
+    process's devices); `chunk.groups` is rounded up to a multiple of its size.
+    """
     import jax
 
     from diffrl_jax.sim import hold
+
+    mesh = parallel.local_mesh() if mesh is None else mesh
+    chunk = dataclasses.replace(chunk, groups=parallel.padded_size(chunk.groups, parallel.num_shards(mesh)))
 
     fields = []
     for e in entry_list:
@@ -116,6 +146,7 @@ def run_mjx(dataset, entry_list, template, chunk: ChunkConfig, progress=None):
         for k, (_, rows) in enumerate(packed):
             g[k, :len(rows)] = dataset.grasps[rows]
             g[k, len(rows):] = dataset.grasps[rows[0]]
+        f, g = parallel.shard_batch((f, g), mesh)
         if compiled is None:
             t = time.perf_counter()
             compiled = fn.lower(f, g).compile()
@@ -175,23 +206,52 @@ def validate_dataset(
         limit: int | None = None,
         nthread: int | None = None,
         progress: Callable[[int], None] | None = None,
+        mesh=None,
 ) -> tuple[dict, dict]:
     """Runs the hold test on `dataset`; returns (report JSON dict, per-row arrays).
 
-    The report: {"protocol", "backend", "device", "objects": {code: {"n",
-    "success_rate", "direction_success" [6], "penetration_mm_median",
-    "success" [n] in file order}}, "grasps_per_s", "physics_steps_per_s", "jit_s"}.
+    With several processes (`jax.distributed`), each validates its share and
+    every process returns the merged report and rows. `mesh`: the devices
+    the MJX backend splits chunks over (default: this process's).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     protocol.validate()
     chunk.validate()
-    entry_list = entries(dataset, limit)
+    mine, timings = validate_share(dataset, protocol, backend, budget, chunk, limit, nthread, progress, mesh)
+    rows = parallel.allgather_rows(mine)
+    timings = parallel.allgather_max(timings)
+    return build_report(dataset, protocol, backend, rows, timings), rows
+
+
+def validate_share(dataset, protocol, backend="mjx", budget=bank.ObjectBudget(), chunk=ChunkConfig(),
+                   limit=None, nthread=None, progress=None, mesh=None,
+                   process_id: int | None = None, num_processes: int | None = None) -> tuple[dict, dict]:
+    """This process's part: per-row arrays with `done` marking its rows, and its timings.
+
+    `parallel.merge_rows` of every process's rows is the whole result, so
+    processes can also write their parts and merge them later.
+    """
+    entry_list = process_entries(entries(dataset, limit), chunk.group_size, process_id, num_processes)
     template = bank.make_template(protocol, budget)
     if backend == "mjx":
-        rows, jit_s, run_s = run_mjx(dataset, entry_list, template, chunk, progress)
+        rows, jit_s, run_s = run_mjx(dataset, entry_list, template, chunk, progress, mesh)
     else:
         rows, jit_s, run_s = run_mujoco(dataset, entry_list, template, nthread, progress)
+    return rows, {"jit_s": jit_s, "run_s": run_s}
+
+
+def build_report(dataset: GraspDataset, protocol: HoldProtocol, backend: str, rows: dict,
+                 timings: dict) -> dict:
+    """The report of per-row results `rows` (rows not `done` are left out).
+
+    {"protocol", "backend", "device", "processes", "devices", "objects": {code:
+    {"n", "success_rate", "direction_success" [6], "penetration_mm_median",
+    "success" [n] in file order}}, "grasps_per_s", "physics_steps_per_s", "jit_s"}.
+    Rates are over every process's grasps and the slowest process's time.
+    """
+    import jax
+
     objects = {}
     n_done = 0
     for k, code in enumerate(dataset.object_codes):
@@ -206,14 +266,16 @@ def validate_dataset(
             "penetration_mm_median": float(np.median(rows["penetration_mm"][sel])),
             "success": [bool(x) for x in rows["success"][sel]],
         }
-    report = {
+    run_s = timings["run_s"]
+    return {
         "protocol": protocol_json(protocol),
         "backend": backend,
         "device": device_name(backend),
+        "processes": jax.process_count(),
+        "devices": jax.device_count() if backend == "mjx" else None,
         "directions": list(DIRECTION_NAMES),
         "objects": objects,
         "grasps_per_s": n_done / run_s if run_s > 0 else None,
         "physics_steps_per_s": n_done * protocol.total_steps / run_s if run_s > 0 else None,
-        "jit_s": jit_s,
+        "jit_s": timings["jit_s"],
     }
-    return report, rows
