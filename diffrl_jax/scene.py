@@ -80,6 +80,7 @@ class SceneConfig:
     hand: shadow.HandConfig = shadow.HandConfig()
     table: bool = False
     table_clearance: float = 0.0  # m between the object's lowest point and the table top
+    table_top: float | None = None  # m, world z of the table top if given (then clearance is unused)
     table_size: tuple[float, float, float] = (0.4, 0.4, 0.02)  # half sizes (m)
     hand_self_collision: bool = False
     timestep: float = 0.004  # s
@@ -196,11 +197,12 @@ def build_spec(obj: ObjectAsset, config: SceneConfig = SceneConfig()) -> mujoco.
         if value is not None:
             spec.add_numeric(name=name, data=[value])
     if config.table:
-        # Put the table top under the object's lowest point (needs a compile).
-        probe = spec.compile()
-        data = mujoco.MjData(probe)
-        mujoco.mj_kinematics(probe, data)
-        top = _lowest_point(obj, probe, data) - config.table_clearance
+        top = config.table_top
+        if top is None:  # under the object's lowest point (needs a compile)
+            probe = spec.compile()
+            data = mujoco.MjData(probe)
+            mujoco.mj_kinematics(probe, data)
+            top = _lowest_point(obj, probe, data) - config.table_clearance
         sx, sy, sz = config.table_size
         spec.worldbody.add_geom(
                 name=TABLE_GEOM, type=mujoco.mjtGeom.mjGEOM_BOX, size=(sx, sy, sz),

@@ -353,10 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sim_options(propose)
     propose.set_defaults(backend="mujoco", func=_cmd_propose)
 
-    from diffrl_jax.cli import diffusion, refine
+    from diffrl_jax.cli import diffusion, evaluate, refine
 
     refine.add_commands(commands)
     diffusion.add_commands(commands)
+    evaluate.add_command(commands)
 
     bench_parser = commands.add_parser(
         "bench",

@@ -239,20 +239,30 @@ def scene_config(protocol: HoldProtocol) -> SceneConfig:
                        max_contact_points=protocol.max_contacts)
 
 
-def make_template(protocol: HoldProtocol, budget: ObjectBudget = ObjectBudget()) -> SimTemplate:
-    """Builds the template scene (`budget.pieces` mesh slots) for `protocol`."""
-    protocol.validate()
-    budget.validate()
+def template_scene(budget: ObjectBudget, friction: float, build) -> Scene:
+    """`build(pad)` of a placeholder object with `budget.pieces` mesh slots (ids 0..P-1) at the origin.
+
+    The scene every object of the budget is swapped into (`world_model`).
+    """
     pad = assets.ObjectAsset(
         "template", tuple(assets.ConvexPiece(_PAD_PIECE) for _ in range(budget.pieces)),
-        mass=0.1, friction=(protocol.friction, 0.005, 0.0001))
-    scene = build_scene(pad, scene_config(protocol))
+        mass=0.1, friction=(friction, 0.005, 0.0001))
+    scene = build(pad)
     model = scene.model
     slots = model.geom_dataid[scene.object_geoms]
     if not np.array_equal(slots, np.arange(budget.pieces)):
         raise AssertionError(f"object mesh slots {slots} are not 0..{budget.pieces - 1}")
     model.geom_pos[scene.object_geoms] = 0.0
     model.geom_quat[scene.object_geoms] = (1.0, 0.0, 0.0, 0.0)
+    return scene
+
+
+def make_template(protocol: HoldProtocol, budget: ObjectBudget = ObjectBudget()) -> SimTemplate:
+    """Builds the template scene (`budget.pieces` mesh slots) for `protocol`."""
+    protocol.validate()
+    budget.validate()
+    scene = template_scene(budget, protocol.friction, lambda pad: build_scene(pad, scene_config(protocol)))
+    model = scene.model
     mjx_model = put_model(model)
     return SimTemplate(scene, mjx_model, budget, protocol, model.body(constants.ROOT_BODY).id)
 
