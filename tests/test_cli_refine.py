@@ -114,3 +114,34 @@ def test_bad_input_exits_2(argv, message, capsys):
     import pathlib
 
     assert not pathlib.Path("/tmp/never_written").exists()
+
+
+def test_adapted_dataset_leaves_out_objects_with_no_kept_grasp(tmp_path):
+    """An object whose every grasp was dropped gets no (empty) grasp file, so the adapted
+    dataset reloads (it used to write an empty file that `load_dexgraspnet` refused)."""
+    import types
+
+    from diffrl_jax.data.dexgraspnet import GraspDataset, load_dexgraspnet, write_dexgraspnet
+    from diffrl_jax.data.example import example_dataset
+    from diffrl_jax.rl import refine
+
+    from diffrl_jax.cli.main import _write_mesh
+
+    for name in ("cylinder", "box"):
+        source, text = example_dataset(name, 3)
+        _write_mesh(tmp_path / "raw", source.object_codes[0], text)
+        write_dexgraspnet(tmp_path / "raw", source)
+    dataset = load_dexgraspnet(tmp_path / "raw")
+    box = dataset.object_index == dataset.object_codes.index("builtin-cylinder")
+    keep = ~box & (np.arange(len(dataset)) % 2 == 0)
+    corrected = dataset.grasps.copy()
+    corrected[:, :3] += 0.01  # a corrected wrist position
+    adapted = types.SimpleNamespace(keep=keep, grasps=corrected, refined=keep & False)
+    problem = types.SimpleNamespace(dataset=dataset, heldout=np.zeros(len(dataset), bool))
+    out, labels = refine.adapted_dataset(problem, adapted)
+    assert isinstance(out, GraspDataset) and out.object_codes == ("builtin-box",)
+    np.testing.assert_array_equal(labels["source_index"], np.flatnonzero(keep))
+    write_dexgraspnet(tmp_path / "adapted", out, mesh_source_root=dataset.root, labels=labels)
+    back = load_dexgraspnet(tmp_path / "adapted")
+    assert back.object_codes == ("builtin-box",) and len(back) == int(keep.sum())
+    np.testing.assert_allclose(back.grasps, corrected[keep], atol=1e-9)

@@ -240,9 +240,15 @@ def adapt(problem: Problem, env_all: refine_env.RefineEnv, attempts_fn, key: jax
 
 
 def adapted_dataset(problem: Problem, adapted: Adapted) -> tuple[GraspDataset, dict]:
-    """The kept grasps as a dataset, and their labels (name -> [kept])."""
+    """The kept grasps as a dataset, and their labels (name -> [kept]).
+
+    An object none of whose grasps was kept is left out (DexGraspNet's
+    format has no empty grasp files).
+    """
     keep = adapted.keep
     dataset = dataclasses.replace(problem.dataset.take(keep), grasps=adapted.grasps[keep], extras={})
+    present = [code for k, code in enumerate(dataset.object_codes) if np.any(dataset.object_index == k)]
+    dataset = dataset.select(present)
     labels = {
         "success": np.ones(int(keep.sum()), bool),
         "refined": adapted.refined[keep],
