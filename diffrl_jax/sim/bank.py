@@ -236,7 +236,7 @@ def scene_config(protocol: HoldProtocol) -> SceneConfig:
         finger_kp=protocol.finger_kp, strength=protocol.finger_strength,
         friction=(protocol.friction, 0.005, 0.0001))
     return SceneConfig(hand=hand, timestep=protocol.timestep, gravity=(0.0, 0.0, 0.0),
-                       max_contact_points=protocol.max_contacts)
+                       impratio=protocol.impratio, max_contact_points=protocol.max_contacts)
 
 
 def template_scene(budget: ObjectBudget, friction: float, build) -> Scene:

@@ -40,6 +40,10 @@ class HoldProtocol:
     object_density: float = 500.0  # kg / m^3, for objects given by density (meshes)
     mass_scale: float = 1.0  # multiplies every object's mass (and inertia)
     timestep: float = 0.004  # s
+    # Frictional-to-normal impedance ratio of the contacts (MuJoCo's
+    # `impratio`): above 1, friction is stiffer and a gripped object creeps
+    # less through MuJoCo's soft contacts.
+    impratio: float = 1.0
     # MJX simulates every candidate contact pair; keeping the nearest few
     # bounds the constraint rows (MuJoCo C only ever has the active ones).
     max_contacts: int = 64
@@ -74,7 +78,7 @@ class HoldProtocol:
 
     def validate(self) -> "HoldProtocol":
         positive = ("friction", "finger_strength", "finger_kp", "object_density",
-                    "mass_scale", "timestep", "hold_s", "translation_bound_m",
+                    "mass_scale", "timestep", "impratio", "hold_s", "translation_bound_m",
                     "rotation_bound_rad")
         for name in positive:
             value = getattr(self, name)
