@@ -216,3 +216,21 @@ def test_mujoco_backend_agrees(setup):
         c = lift_mujoco.lift_mujoco(setup["template"], prepared, setup["poses"][k], setup["grasps"][k])
         np.testing.assert_array_equal(c.success, r.success[k])
         np.testing.assert_allclose(c.lift_height, r.lift_height[k], atol=0.01)
+
+
+def test_mujoco_settle_matches_mjx(setup):
+    """The C backend's settling: the same drops as MJX's (same key), resting on the table."""
+    from diffrl_jax.sim import lift_mujoco
+
+    keys = jax.random.split(jax.random.key(0), 2)
+    for k, prepared in enumerate(setup["prepared"]):
+        rest = lift_mujoco.settle_mujoco(setup["template"], prepared, keys[k], 2)
+        assert rest.shape == (2, 7) and np.all(np.isfinite(rest))
+        np.testing.assert_allclose(np.linalg.norm(rest[:, 3:], axis=-1), 1.0, atol=1e-9)
+        up = rotations.quat_to_matrix(rest[:, 3:])[:, 2, 2]
+        assert np.all(up > 0.999), up
+        np.testing.assert_allclose(rest[:, 2], 0.06, atol=2e-3)  # standing on the table, not in it
+        # Dropped 1 cm onto a flat table: it lands where MJX's drop lands.
+        np.testing.assert_allclose(rest[:, :2], setup["poses"][k][:, :2], atol=3e-3)
+    with pytest.raises(ConfigError, match="at least 1"):
+        lift_mujoco.settle_mujoco(setup["template"], setup["prepared"][0], keys[0], 0)

@@ -1,6 +1,7 @@
 """Pose-sampling evaluation: objects dropped on a table, grasps sampled, chosen, lifted.
 
-For each object: `poses` resting poses (`lift.settle_object`, MJX), then
+For each object: `poses` resting poses (`lift.settle_object` in MJX, or
+`lift_mujoco.settle_mujoco` with the C backend), then
 `candidates` grasps per pose from the diffusion model (object frame), moved
 into the world frame. A candidate whose hand would pass through the table
 (`lift.table_clearance` below the protocol's margin) is rejected. Among the
@@ -127,7 +128,12 @@ def evaluate_object(template: lift.LiftTemplate, prepared: bank.PreparedObject, 
     stacked = bank.stack_fields([fields])
     t = time.perf_counter()
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
-    poses = np.asarray(lift.make_settle(template, config.poses)(stacked, key[None]))[0]
+    if backend == "mujoco":
+        from diffrl_jax.sim import lift_mujoco
+
+        poses = lift_mujoco.settle_mujoco(template, prepared, key, config.poses, nthread=nthread)
+    else:
+        poses = np.asarray(lift.make_settle(template, config.poses)(stacked, key[None]))[0]
     timings["settle_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -134,6 +134,58 @@ def _chunk(template, scene, pool, datas, qpos, ctrl, out, index) -> None:
         out["hand_height"][k] = palm1[2] - palm0[2]
 
 
+@functools.lru_cache(maxsize=8)
+def _drop_poses_fn(template: LiftTemplate, n: int):
+    return jax.jit(functools.partial(lift.drop_poses, template, n=n))
+
+
+# Where the hand waits while an object settles: 2 m above the table, out of reach.
+_PARKED_HAND_Z = 2.0
+
+
+def settle_mujoco(template: LiftTemplate, prepared: PreparedObject, key, n: int, *,
+                  nthread: int | None = None) -> np.ndarray:
+    """`lift.settle_object` on MuJoCo C: resting poses [n, 7] (pos, quat wxyz) of `n` drops.
+
+    The drops are `lift.drop_poses` (the same random orientations and places
+    as MJX's for the same key); each then falls onto the table and settles
+    for the protocol's `settle_s` in the lift scene, with the hand parked
+    2 m above, its servos holding it there. A world that goes non-finite or
+    is reset by MuJoCo keeps its release pose (as MJX freezes it).
+    """
+    if n < 1:
+        raise ConfigError(f"number of drops must be at least 1, got {n}")
+    nthread = usable_cpus() if nthread is None else int(nthread)
+    if nthread < 1:
+        raise ConfigError(f"nthread must be at least 1, got {nthread}")
+    drops = np.asarray(_drop_poses_fn(template, n)(template.fields(prepared), key), np.float64)
+    scene = object_scene(template, prepared)
+    model = scene.model
+    data = mujoco.MjData(model)
+    hand = np.zeros(len(scene.hand_qpos))
+    hand[2] = _PARKED_HAND_Z
+    if model.nu != len(hand):
+        raise AssertionError("the lift scene's servos do not match the hand's qpos")
+    state0 = np.zeros((n, mujoco.mj_stateSize(model, _STATE)))
+    for i in range(n):
+        mujoco.mj_resetData(model, data)
+        data.qpos[scene.hand_qpos] = hand
+        data.qpos[scene.object_qpos:scene.object_qpos + 7] = drops[i]
+        mujoco.mj_getState(model, data, state0[i], _STATE)
+    steps = template.protocol.settle_steps
+    ctrl = np.broadcast_to(hand, (n, steps, model.nu))
+    datas = [mujoco.MjData(model) for _ in range(nthread)]
+    with rollout.Rollout(nthread=nthread if nthread > 1 else 0) as pool:
+        states, _ = pool.rollout(model, datas, state0, ctrl, initial_warmstart=np.zeros((n, model.nv)))
+    times = np.concatenate([state0[:, None, 0], states[:, :, 0]], axis=1)
+    finite = np.all(np.diff(times, axis=1) > 0, axis=1) & np.all(np.isfinite(states), axis=(1, 2))
+    qpos_at = 1 + scene.object_qpos  # state = [time, qpos, ...]
+    rest = states[:, -1, qpos_at:qpos_at + 7]
+    rest = np.where(finite[:, None], rest, drops)
+    rest[:, 3:] /= np.linalg.norm(rest[:, 3:], axis=1, keepdims=True)
+    return rest
+
+
 def lift_mujoco(template: LiftTemplate, prepared: PreparedObject, poses, world_grasps, *,
                 nthread: int | None = None, chunk: int = DEFAULT_CHUNK) -> LiftResult:
     """The lift of world grasps [n, 31] of `prepared` resting at poses [n, 7], on MuJoCo C.
