@@ -22,7 +22,7 @@ def test_evaluate_writes_summary_and_records(tmp_path, capsys):
     capsys.readouterr()
     out = tmp_path / "eval"
     argv = ["evaluate", str(ckpt), "--objects", BOTTLE, "builtin:box", "--poses", "2", "--candidates", "4",
-            "--backend", "mujoco", "--budget-pieces", "8", "--out", str(out), "--json"]
+            "--backend", "mujoco", "--budget-pieces", "8", "--videos", "0", "--out", str(out), "--json"]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     summary = json.loads((out / "summary.json").read_text())
