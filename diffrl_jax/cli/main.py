@@ -359,6 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
     diffusion.add_commands(commands)
     evaluate.add_command(commands)
 
+    from diffrl_jax.experiments import pipeline
+
+    pipeline_parser = commands.add_parser(
+        "pipeline",
+        help="every stage end to end: raw grasps, validate, refine, train, sample, evaluate, report",
+        description="Runs experiments/pipeline.py: raw dataset -> validate -> refine -> train -> sample -> "
+                    "pose-sampling evaluation, writing RUN_DIR/report.md and RUN_DIR/summary.json. A rerun "
+                    "skips finished stages and resumes an interrupted one.",
+    )
+    pipeline.add_arguments(pipeline_parser)
+    pipeline_parser.set_defaults(func=pipeline.run_from_args)
+
     bench_parser = commands.add_parser(
         "bench",
         help="throughput of every stage: physics, validation, PPO, diffusion training and sampling",

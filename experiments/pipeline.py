@@ -1,0 +1,564 @@
+"""The DiffusionRL pipeline, end to end: raw grasps -> validate -> refine -> train -> sample -> evaluate.
+
+    python experiments/pipeline.py --preset quick --out runs/quick
+    diffrl pipeline --preset paper --dataset ../shared/data/dexgraspnet --out runs/paper
+
+The stages, each the library's functions behind one `diffrl` command run in
+this process (so a stage here is exactly what a user runs by hand):
+
+    dataset   builtin: grasp proposals closed in simulation (`diffrl propose`);
+              a DexGraspNet directory is read where it is
+    validate  raw success under the scenario's hold protocol (`diffrl validate`)
+    refine    PPO adapts the dataset to the scenario (`diffrl refine`)
+    train     the diffusion model on the adapted grasps (`diffrl train`)
+    sample    grasps sampled per object, hold-tested (`diffrl sample`, `diffrl validate`)
+    evaluate  pose sampling: objects on a table, sampled grasps lifted (`diffrl evaluate`)
+    report    RUN_DIR/summary.json, RUN_DIR/report.md and its plots
+
+RUN_DIR/pipeline.json records the settings and every finished stage with its
+seconds. A rerun skips finished stages; an interrupted refine or train stage
+continues from its last checkpoint (their own `--resume`); an interrupted
+validate, sample or evaluate stage starts again (they write their results
+last). Rerunning with other settings is refused.
+
+Not jittable: this is the host shell. Each stage's stdout goes to
+RUN_DIR/<stage>/stdout.txt, its progress bars to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import pathlib
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from diffrl_jax.errors import ConfigError, DataError, DiffrlError
+
+STAGES = ("dataset", "validate", "refine", "train", "sample", "evaluate", "report")
+GROUPS = ("hold", "lift", "diffusion", "ppo")  # --set GROUP.FIELD=VALUE
+RATE_KEYS = ("raw_success", "adapted_success", "kept_fraction", "sample_success", "pose_sampling_success")
+STATE_FILE = "pipeline.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Every setting of a pipeline run; a preset is one of these, `--set FIELD=VALUE` edits it."""
+
+    dataset: str = "builtin"  # "builtin" or a DexGraspNet-format directory
+    objects: tuple[str, ...] = ("cylinder", "box", "sphere")  # built-in names, or codes of the directory
+    proposals: int = 256  # grasps proposed per built-in object
+    limit: int | None = None  # first N grasps of each object of a directory
+    scenario: str = "default"  # the target scenario (see `diffrl refine --scenario`)
+    protocol: str = "strict"  # hold-test protocol of validate/refine/sample
+    backend: str = "mujoco"  # simulator of validate, refine, sample and evaluate
+    budget_pieces: int = 32  # convex pieces per object in the compiled programs
+    refine_preset: str = "cpu"  # `diffrl refine --preset`
+    refine_iterations: int = 30
+    refine_envs: int = 128
+    refine_attempts: int = 4  # episodes per grasp when adapting
+    train_steps: int = 3000
+    train_batch: int = 256
+    sample_n: int = 128  # sampled grasps per object, hold-tested
+    eval_poses: int = 50  # resting poses per object
+    eval_candidates: int = 16  # sampled grasps per pose
+    videos: int = 1  # mp4s of successes and of failures per object (0: none)
+    seed: int = 0
+    # FIELD=VALUE overrides given as `--set GROUP.FIELD=VALUE`: of the hold
+    # protocol (validate, refine, sample; after the scenario's), the lift
+    # protocol (evaluate), the DiffusionConfig (train) and the PPOConfig (refine).
+    hold: tuple[str, ...] = ()
+    lift: tuple[str, ...] = ()
+    diffusion: tuple[str, ...] = ()
+    ppo: tuple[str, ...] = ()
+
+    def validate(self) -> "PipelineConfig":
+        from diffrl_jax.cli.refine import PRESETS, SCENARIOS
+
+        if self.scenario not in SCENARIOS:
+            raise ConfigError(f"scenario must be one of {sorted(SCENARIOS)}, got {self.scenario!r}")
+        if self.refine_preset not in PRESETS:
+            raise ConfigError(f"refine_preset must be one of {sorted(PRESETS)}, got {self.refine_preset!r}")
+        if self.backend not in ("mjx", "mujoco"):
+            raise ConfigError(f"backend must be mjx or mujoco, got {self.backend!r}")
+        if self.protocol not in ("strict", "dexgraspnet"):
+            raise ConfigError(f"protocol must be strict or dexgraspnet, got {self.protocol!r}")
+        for name in ("proposals", "budget_pieces", "refine_iterations", "refine_envs", "refine_attempts",
+                     "train_steps", "train_batch", "sample_n", "eval_poses", "eval_candidates"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be a positive integer, got {self.limit!r}")
+        if self.videos < 0:
+            raise ConfigError(f"videos must be >= 0, got {self.videos!r}")
+        if self.dataset == "builtin":
+            from diffrl_jax.objects.assets import BUILTIN_OBJECTS
+
+            unknown = [o for o in self.objects if o not in BUILTIN_OBJECTS]
+            if unknown or not self.objects:
+                raise ConfigError(f"built-in objects must be among {sorted(BUILTIN_OBJECTS)}, got "
+                                  f"{list(self.objects)}")
+        return self
+
+    def replace(self, **overrides) -> "PipelineConfig":
+        return dataclasses.replace(self, **overrides)
+
+    def with_assignments(self, assignments: dict[str, str]) -> "PipelineConfig":
+        """`{"train_steps": "500", "objects": "box,sphere"}` -> a config with those fields."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        out = {}
+        for name, text in assignments.items():
+            group, _, field = name.partition(".")
+            if group in GROUPS and field:
+                out[group] = out.get(group, getattr(self, group)) + (f"{field}={text}",)
+                continue
+            if name not in fields or name in GROUPS:
+                raise ConfigError(f"--set: unknown pipeline field {name!r}; fields: {', '.join(fields)}, "
+                                  "or GROUP.FIELD for GROUP in " + ", ".join(GROUPS))
+            default = getattr(PipelineConfig(), name)
+            try:
+                if name == "objects":
+                    out[name] = tuple(x.strip() for x in text.split(",") if x.strip())
+                elif name == "limit":
+                    out[name] = None if text.lower() in ("none", "") else int(text)
+                elif isinstance(default, int):
+                    out[name] = int(text)
+                else:
+                    out[name] = text
+            except ValueError:
+                raise ConfigError(f"--set {name}={text!r}: expected an integer") from None
+        return self.replace(**out)
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        for name in ("objects", *GROUPS):
+            d[name] = list(getattr(self, name))
+        return d
+
+
+PRESETS = {
+    # The README's main job: built-in objects, MuJoCo's C engine; 5 minutes
+    # on a 2-core CPU from a cold compilation cache.
+    "quick": PipelineConfig(),
+    # The three shared DexGraspNet objects at full size, MJX on one GPU.
+    "paper": PipelineConfig(dataset="", objects=(), backend="mjx", refine_preset="gpu",
+                            refine_iterations=60, refine_envs=1024, refine_attempts=16,
+                            train_steps=20000, train_batch=1024, sample_n=1024,
+                            eval_poses=100, eval_candidates=32, videos=2),
+}
+
+
+def config_from(preset: str, dataset: str | None, objects: Sequence[str] | None,
+                assignments: dict[str, str]) -> PipelineConfig:
+    """The run's config: a preset, then `--dataset`/`--objects`, then `--set` fields."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    config = PRESETS[preset]
+    if dataset is not None:
+        config = config.replace(dataset=dataset if dataset == "builtin" else str(pathlib.Path(dataset).resolve()),
+                                objects=() if dataset != "builtin" else config.objects)
+    if objects:
+        config = config.replace(objects=tuple(objects))
+    config = config.with_assignments(assignments)
+    if not config.dataset:
+        raise ConfigError(f"the {preset} preset needs --dataset DIR (a DexGraspNet-format directory, "
+                          "e.g. ../shared/data/dexgraspnet)")
+    if config.dataset != "builtin" and not pathlib.Path(config.dataset).is_dir():
+        raise DataError(f"--dataset {config.dataset}: no such directory")
+    return config.validate()
+
+
+# --- the stages ---------------------------------------------------------------------------------
+
+
+class Run:
+    """A pipeline run directory: its config, its finished stages, its files."""
+
+    def __init__(self, out, config: PipelineConfig):
+        self.out = pathlib.Path(out)
+        self.config = config
+        self.state = {"config": config.to_json(), "stages": {}}
+
+    @property
+    def raw(self) -> pathlib.Path:
+        return self.out / "raw" if self.config.dataset == "builtin" else pathlib.Path(self.config.dataset)
+
+    def path(self, *parts) -> pathlib.Path:
+        return self.out.joinpath(*parts)
+
+    def open(self) -> None:
+        """Creates RUN_DIR, or checks that the run in it has this config."""
+        from diffrl_jax.cli.common import write_json_atomic
+
+        state_path = self.path(STATE_FILE)
+        if state_path.is_file():
+            try:
+                previous = json.loads(state_path.read_text())
+                saved = previous["config"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DataError(f"{state_path} is not a pipeline state file; choose another --out") from None
+            if saved != self.state["config"]:
+                changed = sorted(k for k in self.state["config"] if saved.get(k) != self.state["config"][k])
+                raise ConfigError(f"{self.out} holds a pipeline run with other settings (differs in: "
+                                  f"{', '.join(changed)}); use the same preset and options, or a new --out")
+            self.state = previous
+        elif self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
+            raise DataError(f"{self.out} exists and is not an empty directory nor a pipeline run")
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(state_path, self.state)
+
+    def done(self, stage: str) -> bool:
+        return bool(self.state["stages"].get(stage, {}).get("done"))
+
+    def record(self, stage: str, seconds: float, done: bool) -> None:
+        from diffrl_jax.cli.common import write_json_atomic
+
+        entry = self.state["stages"].setdefault(stage, {"seconds": 0.0, "attempts": 0})
+        entry["seconds"] += seconds
+        entry["attempts"] += 1
+        entry["done"] = done
+        write_json_atomic(self.path(STATE_FILE), self.state)
+
+    def command(self, stage: str, argv: list[str]) -> None:
+        """Runs `diffrl ARGV` in this process; its stdout is appended to RUN_DIR/<stage>/stdout.txt."""
+        from diffrl_jax.cli.main import build_parser
+
+        args = build_parser().parse_args(argv)
+        log_dir = self.path(stage)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / "stdout.txt", "a") as log, contextlib.redirect_stdout(log):
+            print(f"$ diffrl {' '.join(argv)}", flush=True)
+            args.func(args)
+
+    # Object codes of the raw dataset, in order.
+    def codes(self) -> list[str]:
+        if self.config.dataset == "builtin":
+            return [f"builtin-{name}" for name in self.config.objects]
+        from diffrl_jax.data.dexgraspnet import load_dexgraspnet
+
+        return list(load_dexgraspnet(self.raw, objects=list(self.config.objects) or None).object_codes)
+
+    def _selection(self) -> list[str]:
+        c = self.config
+        args = []
+        if c.dataset != "builtin" and c.objects:
+            args += ["--objects", *c.objects]
+        if c.limit is not None:
+            args += ["--limit", str(c.limit)]
+        return args
+
+    def _hold_sets(self) -> list[str]:
+        """--set options of the hold protocol: the scenario's fields, then `hold.FIELD` overrides."""
+        from diffrl_jax.cli.refine import SCENARIOS
+
+        items = [f"{k}={v}" for k, v in SCENARIOS[self.config.scenario].items()] + list(self.config.hold)
+        return _options("--set", items)
+
+    def _lift_sets(self) -> list[str]:
+        """--set options of the lift protocol: the scenario's fields it has, then `lift.FIELD` overrides."""
+        from diffrl_jax.cli.refine import SCENARIOS
+        from diffrl_jax.sim.lift import LiftProtocol
+
+        names = {f.name for f in dataclasses.fields(LiftProtocol)}
+        items = [f"{k}={v}" for k, v in SCENARIOS[self.config.scenario].items() if k in names]
+        items += list(self.config.lift)
+        return _options("--set", items)
+
+
+def _options(flag: str, items) -> list[str]:
+    return [x for item in items for x in (flag, item)]
+
+
+def stage_dataset(run: Run) -> None:
+    c = run.config
+    if c.dataset != "builtin":
+        run.codes()  # the directory loads (clear errors otherwise); nothing is copied
+        return
+    staging = run.path(".raw.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    for k, name in enumerate(c.objects):
+        run.command("dataset", ["propose", "--object", f"builtin:{name}", "--n", str(c.proposals),
+                                "--out", str(staging), "--seed", str(c.seed + k), "--no-label"])
+    shutil.rmtree(run.raw, ignore_errors=True)
+    staging.replace(run.raw)
+
+
+def stage_validate(run: Run) -> None:
+    c = run.config
+    run.command("validate", ["validate", str(run.raw), "--backend", c.backend, "--protocol", c.protocol,
+                             "--budget-pieces", str(c.budget_pieces), *run._selection(), *run._hold_sets(),
+                             "--out", str(run.path("validate", "report.json"))])
+
+
+def stage_refine(run: Run) -> None:
+    c = run.config
+    run.command("refine", ["refine", str(run.raw), "--out", str(run.path("refine")), "--resume",
+                           "--scenario", c.scenario, "--protocol", c.protocol, "--preset", c.refine_preset,
+                           "--backend", c.backend, "--iterations", str(c.refine_iterations),
+                           "--envs", str(c.refine_envs), "--attempts", str(c.refine_attempts),
+                           "--seed", str(c.seed), "--budget-pieces", str(c.budget_pieces), *run._selection(),
+                           *run._hold_sets(), *_options("--ppo", c.ppo)])
+    if not (run.path("refine", "adapted") / "grasps").is_dir():
+        raise DataError("the refiner kept no grasp of any object: there is nothing to train the diffusion "
+                        f"model on (see {run.path('refine', 'summary.json')}); try more proposals or "
+                        "refine iterations")
+
+
+def _trained_codes(run: Run) -> list[str]:
+    from diffrl_jax.data.dexgraspnet import load_dexgraspnet
+
+    return list(load_dexgraspnet(run.path("refine", "adapted")).object_codes)
+
+
+def stage_train(run: Run) -> None:
+    c = run.config
+    run.command("train", ["train", str(run.path("refine", "adapted")), "--out", str(run.path("train")),
+                          "--steps", str(c.train_steps), "--batch", str(c.train_batch), "--seed", str(c.seed),
+                          "--set", f"warmup_steps={min(200, c.train_steps // 10)}",
+                          "--set", f"block_steps={min(100, c.train_steps)}",
+                          "--set", f"checkpoint_every={max(100, c.train_steps // 5)}",
+                          *_options("--set", c.diffusion), "--resume"])
+
+
+def stage_sample(run: Run) -> None:
+    c = run.config
+    samples = run.path("sample", "grasps")
+    shutil.rmtree(samples, ignore_errors=True)
+    for code in _trained_codes(run):
+        run.command("sample", ["sample", str(run.path("train")), "--object", code, "--n", str(c.sample_n),
+                               "--seed", str(c.seed), "--out", str(samples)])
+    run.command("sample", ["validate", str(samples), "--backend", c.backend, "--protocol", c.protocol,
+                           "--budget-pieces", str(c.budget_pieces), *run._hold_sets(),
+                           "--out", str(run.path("sample", "report.json"))])
+
+
+def stage_evaluate(run: Run) -> None:
+    c = run.config
+    out = run.path("evaluate")
+    shutil.rmtree(out, ignore_errors=True)  # an interrupted evaluation starts again
+    argv = ["evaluate", str(run.path("train")), "--out", str(out), "--objects", *_trained_codes(run),
+            "--poses", str(c.eval_poses), "--candidates", str(c.eval_candidates), "--backend", c.backend,
+            "--budget-pieces", str(c.budget_pieces), "--seed", str(c.seed), "--videos", str(c.videos),
+            *run._lift_sets()]
+    run.command("evaluate", argv)
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def _read(path) -> dict | None:
+    path = pathlib.Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def collect(run: Run) -> dict:
+    """RUN_DIR's stage outputs -> the summary (see the module docstring of `diffrl pipeline`)."""
+    from diffrl_jax.sim.validate import device_name
+
+    validate = _read(run.path("validate", "report.json")) or {"objects": {}}
+    refine = _read(run.path("refine", "summary.json")) or {"objects": {}}
+    sample = _read(run.path("sample", "report.json")) or {"objects": {}}
+    evaluate = _read(run.path("evaluate", "summary.json")) or {"objects": {}}
+    objects = {}
+    for code in run.codes():
+        r = refine["objects"].get(code, {})
+        e = evaluate["objects"].get(code)
+        objects[code] = {
+            "raw_success": validate["objects"].get(code, {}).get("success_rate"),
+            "adapted_success": r.get("adapted_success"),
+            "kept_fraction": r.get("kept_fraction"),
+            "sample_success": sample["objects"].get(code, {}).get("success_rate"),
+            "pose_sampling_success": e["rate"] if e else None,
+            "pose_sampling_ci95": [e["ci_low"], e["ci_high"]] if e else None,
+            "n_raw": validate["objects"].get(code, {}).get("n"),
+            "n_poses": e["n"] if e else None,
+        }
+    mean = {}
+    for key in RATE_KEYS:
+        values = [o[key] for o in objects.values()]
+        # An object the adapted dataset lost counts as 0 for its later stages.
+        values = [0.0 if v is None else v for v in values] if any(v is not None for v in values) else []
+        mean[key] = sum(values) / len(values) if values else None
+    timings = {s: round(run.state["stages"][s]["seconds"], 2) for s in STAGES if s in run.state["stages"]}
+    return {"objects": objects, "mean": mean, "timings_s": timings, "device": device_name(run.config.backend),
+            "preset_config": run.config.to_json()}
+
+
+def _plot_rates(summary: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from diffrl_jax.cli.common import save_figure_atomic
+
+    groups = list(summary["objects"]) + ["mean"]
+    labels = ["raw", "adapted", "kept", "sampled", "pose sampling"]
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(groups)), 3.8))
+    width = 0.8 / len(RATE_KEYS)
+    for k, (key, label) in enumerate(zip(RATE_KEYS, labels)):
+        values = [(summary["objects"].get(g) or summary["mean"]).get(key) if g != "mean" else summary["mean"][key]
+                  for g in groups]
+        ax.bar(np.arange(len(groups)) + (k - 2) * width, [np.nan if v is None else v for v in values], width,
+               label=label)
+    ax.set_xticks(np.arange(len(groups)), [g[:24] for g in groups], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("success rate / fraction")
+    ax.legend(fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    save_figure_atomic(fig, path)
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def report_markdown(run: Run, summary: dict) -> str:
+    c = run.config
+    lines = [f"# Pipeline report: {run.out.name}", "",
+             f"Dataset: {'built-in proposals (' + ', '.join(c.objects) + ')' if c.dataset == 'builtin' else c.dataset}; "
+             f"scenario `{c.scenario}`, protocol `{c.protocol}`, backend `{c.backend}` on {summary['device']}.", "",
+             "## Success per stage", "",
+             "| object | raw | adapted | kept | sampled | pose sampling (Wilson 95%) |",
+             "|---|---|---|---|---|---|"]
+    for code, o in summary["objects"].items():
+        ci = o["pose_sampling_ci95"]
+        pose = "-" if o["pose_sampling_success"] is None else \
+            f"{o['pose_sampling_success']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] of {o['n_poses']}"
+        lines.append(f"| {code} | {_fmt(o['raw_success'])} | {_fmt(o['adapted_success'])} | "
+                     f"{_fmt(o['kept_fraction'])} | {_fmt(o['sample_success'])} | {pose} |")
+    m = summary["mean"]
+    lines += [f"| **mean** | {_fmt(m['raw_success'])} | {_fmt(m['adapted_success'])} | {_fmt(m['kept_fraction'])} | "
+              f"{_fmt(m['sample_success'])} | {_fmt(m['pose_sampling_success'])} |", "",
+              "- raw: grasps of the raw dataset that pass the hold test; adapted: the refined dataset, "
+              "re-validated from disk; kept: share of raw grasps the refiner kept (fixed or as they were); "
+              "sampled: diffusion samples that pass the hold test; pose sampling: objects dropped on a "
+              "table, one sampled grasp chosen per pose, lifted 20 cm and held 1 s.", "",
+              "![success per stage](success_by_stage.png)", "",
+              "## Timings", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {s} | {t:.1f} |" for s, t in summary["timings_s"].items()]
+    lines += ["", "## Learning curves", ""]
+    for rel, title in (("refine/learning_curve.png", "PPO refiner"), ("train/loss.png", "diffusion training")):
+        if run.path(rel).is_file():
+            lines += [f"{title}:", "", f"![{title}]({rel})", ""]
+    stills = sorted(run.path("evaluate", "grasps").glob("*.png")) if run.path("evaluate", "grasps").is_dir() else []
+    videos = sorted(run.path("evaluate", "videos").glob("*.mp4")) if run.path("evaluate", "videos").is_dir() else []
+    if stills or videos:
+        lines += ["## Rendered grasps", ""]
+        lines += [f"![{p.stem}](evaluate/grasps/{p.name})" for p in stills[:6]]
+        lines += [""] + [f"- [{p.name}](evaluate/videos/{p.name})" for p in videos]
+    lines += ["", "Settings: `pipeline.json`; figures: `summary.json`.", ""]
+    return "\n".join(lines)
+
+
+def stage_report(run: Run) -> dict:
+    from diffrl_jax.cli.common import write_json_atomic, write_text_atomic
+
+    summary = collect(run)
+    _plot_rates(summary, run.path("success_by_stage.png"))
+    write_text_atomic(run.path("report.md"), report_markdown(run, summary))
+    write_json_atomic(run.path("summary.json"), summary)
+    return summary
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[Run], None]] = {
+    "dataset": stage_dataset, "validate": stage_validate, "refine": stage_refine, "train": stage_train,
+    "sample": stage_sample, "evaluate": stage_evaluate,
+}
+
+
+def run_pipeline(out, config: PipelineConfig, stop_after: str | None = None,
+                 on_stage: Callable[[str, str], None] | None = None) -> dict | None:
+    """Runs (or resumes) the stages into `out`; the summary, or None when stopped early."""
+    if stop_after is not None and stop_after not in STAGES[:-1]:
+        raise ConfigError(f"--stop-after must be one of {STAGES}, got {stop_after!r}")
+    run = Run(out, config)
+    run.open()
+    for stage in STAGES[:-1]:
+        if run.done(stage):
+            if on_stage:
+                on_stage(stage, "done before")
+        else:
+            if on_stage:
+                on_stage(stage, "running")
+            start = time.perf_counter()
+            try:
+                STAGE_FUNCTIONS[stage](run)
+            except BaseException:
+                run.record(stage, time.perf_counter() - start, done=False)
+                raise
+            run.record(stage, time.perf_counter() - start, done=True)
+        if stage == stop_after:
+            return None
+    if on_stage:
+        on_stage("report", "writing")
+    return stage_report(run)  # always rewritten (cheap): it reflects the stages' files
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="quick", choices=sorted(PRESETS),
+                   help="quick: built-in objects on a CPU in minutes; paper: DexGraspNet objects on a GPU")
+    p.add_argument("--dataset", metavar="DIR|builtin",
+                   help="raw dataset: a DexGraspNet-format directory, or builtin (proposals; quick's default)")
+    p.add_argument("--objects", nargs="+", metavar="NAME|CODE",
+                   help="built-in object names, or object codes of --dataset DIR")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a pipeline setting, e.g. --set train_steps=500 (repeatable)")
+    p.add_argument("--stop-after", choices=STAGES[:-1], help="stop after this stage (a rerun continues)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (a rerun resumes it)")
+    p.add_argument("--json", action="store_true", help="print summary.json")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from diffrl_jax.cli.common import parse_assignments
+
+    config = config_from(args.preset, args.dataset, args.objects, parse_assignments(args.set, "--set"))
+
+    def on_stage(stage, what):
+        print(f"[pipeline] {stage}: {what}", file=sys.stderr, flush=True)
+
+    summary = run_pipeline(args.out, config, stop_after=args.stop_after, on_stage=on_stage)
+    if summary is None:
+        print(f"stopped after {args.stop_after}; rerun the same command to continue", file=sys.stderr)
+        return 0
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{'object':<40} " + " ".join(f"{k.replace('_success', ''):>12}" for k in RATE_KEYS))
+        for code, o in list(summary["objects"].items()) + [("mean", summary["mean"])]:
+            print(f"{code[:40]:<40} " + " ".join(f"{_fmt(o[k]):>12}" for k in RATE_KEYS))
+        total = sum(summary["timings_s"].values())
+        print(f"{total:.0f} s of stages on {summary['device']}; report: {pathlib.Path(args.out) / 'report.md'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    parser.add_argument("--compile-cache", metavar="DIR", help="JAX compilation cache directory")
+    args = parser.parse_args(argv)
+    from diffrl_jax import runtime
+
+    runtime.configure(args.compile_cache)
+    try:
+        return run_from_args(args)
+    except DiffrlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""`diffrl pipeline` end to end on a tiny run: stopped after a stage, resumed without
+redoing it, summary.json and report.md written and parsed; settings and bad input."""
+
+import json
+import pathlib
+import tomllib
+
+import pytest
+
+from _paths import SHARED_DATA, requires_shared_data
+from diffrl_jax.cli.main import main
+from diffrl_jax.experiments import pipeline
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BOTTLE = "sem-Bottle-437678d4bc6be981c8724d5673a063a6"
+# The shared bottle's first 6 grasps (2 hold under this protocol); a coarse, short hold
+# test, a tiny PPO run and diffusion model, 2 poses: every stage in about a minute.
+TINY = ["limit=6", "budget_pieces=3", "refine_iterations=2", "refine_envs=8", "refine_attempts=2",
+        "train_steps=40", "train_batch=16", "sample_n=8", "eval_poses=2", "eval_candidates=4", "videos=0",
+        "hold.settle_s=0.02", "hold.hold_s=0.1", "lift.timestep=0.008", "lift.settle_s=0.5",
+        "ppo.num_minibatches=2", "ppo.policy_hidden_sizes=32,32", "ppo.value_hidden_sizes=32,32",
+        "diffusion.width=32", "diffusion.depth=1", "diffusion.time_dim=16", "diffusion.encoding_points=16",
+        "diffusion.encoding_samples=256"]
+
+
+def _argv(out, *extra):
+    sets = [x for item in TINY for x in ("--set", item)]
+    return ["pipeline", "--dataset", str(SHARED_DATA), "--objects", BOTTLE, *sets, "--out", str(out), *extra]
+
+
+def _state(out):
+    return json.loads((out / "pipeline.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run stopped after `refine`, then the same command again (which finishes it)."""
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    assert main(_argv(out, "--stop-after", "refine")) == 0
+    stopped = _state(out)
+    refine_files = {p: p.stat().st_mtime_ns for p in (out / "refine").rglob("*") if p.is_file()}
+    assert main(_argv(out, "--json")) == 0
+    return dict(out=out, stopped=stopped, refine_files=refine_files)
+
+
+@requires_shared_data
+def test_stopped_run_has_its_stages_and_no_more(run):
+    stages = run["stopped"]["stages"]
+    assert list(stages) == ["dataset", "validate", "refine"]
+    assert all(s["done"] and s["attempts"] == 1 for s in stages.values())
+
+
+@requires_shared_data
+def test_resumed_run_does_not_redo_finished_stages(run):
+    out = run["out"]
+    stages = _state(out)["stages"]
+    assert list(stages) == list(pipeline.STAGES[:-1])
+    for name in ("dataset", "validate", "refine"):
+        assert stages[name] == run["stopped"]["stages"][name]  # not run a second time
+    for name in ("train", "sample", "evaluate"):
+        assert stages[name]["done"] and stages[name]["attempts"] == 1
+    for path, mtime in run["refine_files"].items():  # the refine stage's files are untouched
+        assert path.stat().st_mtime_ns == mtime, path
+    # A third run redoes nothing but the report.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert main(_argv(out)) == 0
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    changed = {p.relative_to(out).as_posix() for p in after if before.get(p) != after[p]}
+    assert changed <= {"pipeline.json", "summary.json", "report.md", "success_by_stage.png"}, changed
+
+
+@requires_shared_data
+def test_summary_has_the_figures_of_every_stage(run, capsys):
+    out = run["out"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) >= {"objects", "mean", "timings_s", "device"}
+    assert list(summary["objects"]) == [BOTTLE]
+    o = summary["objects"][BOTTLE]
+    validate = json.loads((out / "validate" / "report.json").read_text())
+    refine = json.loads((out / "refine" / "summary.json").read_text())
+    evaluate = json.loads((out / "evaluate" / "summary.json").read_text())
+    assert o["raw_success"] == validate["objects"][BOTTLE]["success_rate"]
+    assert o["n_raw"] == 6
+    assert o["kept_fraction"] == refine["objects"][BOTTLE]["kept_fraction"]
+    assert o["adapted_success"] == refine["objects"][BOTTLE]["adapted_success"]
+    assert o["pose_sampling_success"] == evaluate["objects"][BOTTLE]["rate"] and o["n_poses"] == 2
+    for key in pipeline.RATE_KEYS:
+        assert 0.0 <= o[key] <= 1.0, key
+        assert summary["mean"][key] == o[key]  # one object: its mean is itself
+    assert set(summary["timings_s"]) == set(pipeline.STAGES[:-1])
+    assert all(t > 0 for t in summary["timings_s"].values())
+    # The samples were hold-tested: one grasp file of the object, sample_n grasps in it.
+    sample = json.loads((out / "sample" / "report.json").read_text())
+    assert sample["objects"][BOTTLE]["n"] == 8
+    assert o["sample_success"] == sample["objects"][BOTTLE]["success_rate"]
+
+
+@requires_shared_data
+def test_report_has_tables_and_plots(run):
+    out = run["out"]
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Pipeline report")
+    row = next(line for line in report.splitlines() if line.startswith(f"| {BOTTLE}"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert f"{summary['objects'][BOTTLE]['raw_success']:.3f}" in row
+    for image in ("success_by_stage.png", "refine/learning_curve.png", "train/loss.png"):
+        assert f"]({image})" in report
+        assert (out / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@requires_shared_data
+def test_other_settings_on_the_same_run_are_refused(run, capsys):
+    assert main(_argv(run["out"], "--set", "train_steps=41")) == 2
+    assert "differs in: train_steps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pipeline", "--preset", "paper", "--out", "/tmp/never-pipeline"], "needs --dataset DIR"),
+    (["pipeline", "--dataset", "/nonexistent", "--out", "/tmp/never-pipeline"], "no such directory"),
+    (["pipeline", "--set", "trian_steps=5", "--out", "/tmp/never-pipeline"], "unknown pipeline field"),
+    (["pipeline", "--set", "train_steps=five", "--out", "/tmp/never-pipeline"], "expected an integer"),
+    (["pipeline", "--set", "train_steps=0", "--out", "/tmp/never-pipeline"], "positive integer"),
+    (["pipeline", "--objects", "teapot", "--out", "/tmp/never-pipeline"], "built-in objects must be"),
+    (["pipeline", "--set", "scenario=windy", "--out", "/tmp/never-pipeline"], "scenario must be"),
+])
+def test_bad_input_exits_2(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not pathlib.Path("/tmp/never-pipeline").exists()
+
+
+def test_a_directory_that_is_not_a_run_is_refused(tmp_path, capsys):
+    (tmp_path / "something.txt").write_text("mine")
+    assert main(["pipeline", "--out", str(tmp_path)]) == 2
+    assert "not an empty directory nor a pipeline run" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["something.txt"]
+
+
+def test_group_overrides_collect_in_order():
+    config = pipeline.PipelineConfig().with_assignments(
+        {"hold.friction": "0.5", "lift.hold_s": "0.5", "train_steps": "7", "objects": "box, sphere"})
+    assert config.hold == ("friction=0.5",) and config.lift == ("hold_s=0.5",)
+    assert config.train_steps == 7 and config.objects == ("box", "sphere")
+    assert json.loads(json.dumps(config.to_json()))["hold"] == ["friction=0.5"]
+
+
+def test_the_package_list_names_every_package():
+    """pyproject lists its packages (experiments/ installs as diffrl_jax.experiments):
+    a new subpackage must be added there, or installs would lack it."""
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "diffrl_jax").rglob("__init__.py")}
+    assert listed == found | {"diffrl_jax.experiments"}
+    assert pathlib.Path(pipeline.__file__).resolve() == REPO / "experiments" / "pipeline.py"
