@@ -384,7 +384,7 @@ def collect(run: Run) -> dict:
         # An object the adapted dataset lost counts as 0 for its later stages.
         values = [0.0 if v is None else v for v in values] if any(v is not None for v in values) else []
         mean[key] = sum(values) / len(values) if values else None
-    timings = {s: round(run.state["stages"][s]["seconds"], 2) for s in STAGES if s in run.state["stages"]}
+    timings = {s: round(run.state["stages"][s]["seconds"], 4) for s in STAGES if s in run.state["stages"]}
     return {"objects": objects, "mean": mean, "timings_s": timings, "device": device_name(run.config.backend),
             "preset_config": run.config.to_json()}
 

@@ -88,7 +88,10 @@ def test_summary_has_the_figures_of_every_stage(run, capsys):
         assert 0.0 <= o[key] <= 1.0, key
         assert summary["mean"][key] == o[key]  # one object: its mean is itself
     assert set(summary["timings_s"]) == set(pipeline.STAGES[:-1])
-    assert all(t > 0 for t in summary["timings_s"].values())
+    # Linking a DexGraspNet directory can take well under a millisecond; every stage that
+    # simulates or trains takes real time.
+    assert all(t >= 0 for t in summary["timings_s"].values())
+    assert all(summary["timings_s"][s] > 0 for s in ("validate", "refine", "train", "sample", "evaluate"))
     # The samples were hold-tested: one grasp file of the object, sample_n grasps in it.
     sample = json.loads((out / "sample" / "report.json").read_text())
     assert sample["objects"][BOTTLE]["n"] == 8
