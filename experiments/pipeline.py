@@ -398,13 +398,13 @@ def _plot_rates(summary: dict, path) -> None:
 
     from diffrl_jax.cli.common import save_figure_atomic
 
-    groups = list(summary["objects"]) + ["mean"]
+    rows = {**summary["objects"], "mean": summary["mean"]}  # one bar group per object, then the mean
+    groups = list(rows)
     labels = ["raw", "adapted", "kept", "sampled", "pose sampling"]
     fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(groups)), 3.8))
     width = 0.8 / len(RATE_KEYS)
     for k, (key, label) in enumerate(zip(RATE_KEYS, labels)):
-        values = [(summary["objects"].get(g) or summary["mean"]).get(key) if g != "mean" else summary["mean"][key]
-                  for g in groups]
+        values = [rows[g].get(key) for g in groups]
         ax.bar(np.arange(len(groups)) + (k - 2) * width, [np.nan if v is None else v for v in values], width,
                label=label)
     ax.set_xticks(np.arange(len(groups)), [g[:24] for g in groups], fontsize=8)

@@ -21,14 +21,12 @@ import functools
 import jax
 import mujoco
 import numpy as np
-from mujoco import rollout
 
 from diffrl_jax.data import grasps as grasp_lib
 from diffrl_jax.data import rotations
 from diffrl_jax.errors import ConfigError
-from diffrl_jax.runtime import usable_cpus
 from diffrl_jax.scene import Scene
-from diffrl_jax.sim import lift
+from diffrl_jax.sim import lift, mujoco_backend
 from diffrl_jax.sim.bank import PreparedObject
 from diffrl_jax.sim.lift import LiftResult, LiftTemplate
 
@@ -43,12 +41,7 @@ def object_scene(template: LiftTemplate, prepared: PreparedObject) -> Scene:
     """The C-engine lift scene of `prepared` under `template`'s protocol (cached)."""
     protocol = template.protocol
     scene = lift.build_lift_scene(protocol, prepared.asset(protocol.friction))
-    model, ref = scene.model, template.scene
-    same = (model.nq == ref.model.nq and model.nv == ref.model.nv and model.nu == ref.model.nu
-            and scene.object_body == ref.object_body and scene.object_qpos == ref.object_qpos
-            and np.array_equal(scene.hand_qpos, ref.hand_qpos))
-    if not same:
-        raise AssertionError("object scene and template differ in qpos/ctrl layout")
+    mujoco_backend.check_layout(scene, template.scene)
     return scene
 
 
@@ -64,19 +57,9 @@ def initial_state(template: LiftTemplate, prepared: PreparedObject, poses, world
     Worlds go through the jitted function in blocks padded to a fixed size, so
     one compile per template serves every n.
     """
-    fields = template.fields(prepared)
-    fn = _initial_state_fn(template)
-    poses = np.asarray(poses, np.float32)
-    world_grasps = np.asarray(world_grasps, np.float32)
-    qpos, ctrl = [], []
-    for start in range(0, len(poses), _BLOCK):
-        p, g = poses[start:start + _BLOCK], world_grasps[start:start + _BLOCK]
-        pad = _BLOCK - len(p)
-        q, u = fn(fields, np.concatenate([p, np.repeat(p[:1], pad, 0)]),
-                  np.concatenate([g, np.repeat(g[:1], pad, 0)]))
-        qpos.append(np.asarray(q, np.float64)[:len(p)])
-        ctrl.append(np.asarray(u, np.float64)[:len(p)])
-    return np.concatenate(qpos), np.concatenate(ctrl)
+    fn = functools.partial(_initial_state_fn(template), template.fields(prepared))
+    return mujoco_backend.in_blocks(fn, _BLOCK, np.asarray(poses, np.float32),
+                                    np.asarray(world_grasps, np.float32))
 
 
 def _object_in_palm(template: LiftTemplate, data: mujoco.MjData):
@@ -110,8 +93,7 @@ def _chunk(template, scene, pool, datas, qpos, ctrl, out, index) -> None:
         mujoco.mj_getState(model, data, state0[i], _STATE)
     # Zero warmstarts: a world's result then depends on nothing but itself.
     states, _ = pool.rollout(model, datas, state0, ctrl, initial_warmstart=np.zeros((n, model.nv)))
-    times = np.concatenate([state0[:, None, 0], states[:, :, 0]], axis=1)
-    finite = np.all(np.diff(times, axis=1) > 0, axis=1) & np.all(np.isfinite(states), axis=(1, 2))
+    finite = mujoco_backend.finite_worlds(state0, states)
     for i in range(n):
         at = []
         # The state after `lift_start` steps is the one the lift starts from.
@@ -155,9 +137,7 @@ def settle_mujoco(template: LiftTemplate, prepared: PreparedObject, key, n: int,
     """
     if n < 1:
         raise ConfigError(f"number of drops must be at least 1, got {n}")
-    nthread = usable_cpus() if nthread is None else int(nthread)
-    if nthread < 1:
-        raise ConfigError(f"nthread must be at least 1, got {nthread}")
+    nthread = mujoco_backend.resolve_threads(nthread)
     drops = np.asarray(_drop_poses_fn(template, n)(template.fields(prepared), key), np.float64)
     scene = object_scene(template, prepared)
     model = scene.model
@@ -175,10 +155,9 @@ def settle_mujoco(template: LiftTemplate, prepared: PreparedObject, key, n: int,
     steps = template.protocol.settle_steps
     ctrl = np.broadcast_to(hand, (n, steps, model.nu))
     datas = [mujoco.MjData(model) for _ in range(nthread)]
-    with rollout.Rollout(nthread=nthread if nthread > 1 else 0) as pool:
+    with mujoco_backend.thread_pool(nthread) as pool:
         states, _ = pool.rollout(model, datas, state0, ctrl, initial_warmstart=np.zeros((n, model.nv)))
-    times = np.concatenate([state0[:, None, 0], states[:, :, 0]], axis=1)
-    finite = np.all(np.diff(times, axis=1) > 0, axis=1) & np.all(np.isfinite(states), axis=(1, 2))
+    finite = mujoco_backend.finite_worlds(state0, states)
     qpos_at = 1 + scene.object_qpos  # state = [time, qpos, ...]
     rest = states[:, -1, qpos_at:qpos_at + 7]
     rest = np.where(finite[:, None], rest, drops)
@@ -200,9 +179,7 @@ def lift_mujoco(template: LiftTemplate, prepared: PreparedObject, poses, world_g
                           f"got {poses.shape} and {world_grasps.shape}")
     if chunk < 1:
         raise ConfigError(f"chunk must be at least 1, got {chunk}")
-    nthread = usable_cpus() if nthread is None else int(nthread)
-    if nthread < 1:
-        raise ConfigError(f"nthread must be at least 1, got {nthread}")
+    nthread = mujoco_backend.resolve_threads(nthread)
     protocol = template.protocol
     scene = object_scene(template, prepared)
     out = {name: np.zeros(n) for name in _FIELDS}
@@ -210,7 +187,7 @@ def lift_mujoco(template: LiftTemplate, prepared: PreparedObject, poses, world_g
     if n:
         qpos, ctrl = initial_state(template, prepared, poses, world_grasps)
         datas = [mujoco.MjData(scene.model) for _ in range(nthread)]
-        with rollout.Rollout(nthread=nthread if nthread > 1 else 0) as pool:
+        with mujoco_backend.thread_pool(nthread) as pool:
             for start in range(0, n, chunk):
                 index = slice(start, min(start + chunk, n))
                 _chunk(template, scene, pool, datas, qpos[index], ctrl[index], out, index)

@@ -65,14 +65,22 @@ def object_scene(template: SimTemplate, prepared: PreparedObject) -> Scene:
     """
     protocol = template.protocol
     scene = build_scene(prepared.asset(protocol.friction), bank.scene_config(protocol))
-    ref = template.scene
+    check_layout(scene, template.scene)
+    return scene
+
+
+def check_layout(scene: Scene, ref: Scene) -> None:
+    """Asserts that `scene` has the qpos/qvel/ctrl layout of the template scene `ref`.
+
+    Per-object C scenes are built apart from the template, and the jitted
+    start states of the template are written into them by index.
+    """
     same = (scene.model.nq == ref.model.nq and scene.model.nv == ref.model.nv
             and scene.model.nu == ref.model.nu and scene.object_body == ref.object_body
             and scene.object_qpos == ref.object_qpos
             and np.array_equal(scene.hand_qpos, ref.hand_qpos))
     if not same:
         raise AssertionError("object scene and template differ in qpos/ctrl layout")
-    return scene
 
 
 @functools.lru_cache(maxsize=8)
@@ -88,18 +96,25 @@ def initial_state(template: SimTemplate, prepared: PreparedObject,
     one compile per template serves every n, and a grasp's targets do not
     depend on n or on the other grasps (XLA rounds differently per shape).
     """
-    chunk = _INIT_BLOCK
-    grasps = np.asarray(grasps, np.float32)
-    fields = template.fields(prepared)
-    fn = _initial_state_fn(template)
-    qpos, ctrl = [], []
-    for start in range(0, len(grasps), chunk):
-        block = grasps[start:start + chunk]
-        padded = np.concatenate([block, np.repeat(block[:1], chunk - len(block), 0)])
-        q, u = fn(fields, padded)
-        qpos.append(np.asarray(q, np.float64)[:len(block)])
-        ctrl.append(np.asarray(u, np.float64)[:len(block)])
-    return np.concatenate(qpos), np.concatenate(ctrl)
+    fn = functools.partial(_initial_state_fn(template), template.fields(prepared))
+    return in_blocks(fn, _INIT_BLOCK, np.asarray(grasps, np.float32))
+
+
+def in_blocks(fn, block: int, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """`fn(*arrays)` computed `block` rows at a time, the last block padded.
+
+    The jitted `fn` then sees one shape (one compile for every n), and a row's
+    output does not depend on n or on its neighbours. Outputs come back as
+    float64 numpy arrays with the rows of the inputs (n >= 1).
+    """
+    n = len(arrays[0])
+    outs = []
+    for start in range(0, n, block):
+        rows = [a[start:start + block] for a in arrays]
+        real = len(rows[0])
+        padded = [np.concatenate([r, np.repeat(r[:1], block - real, 0)]) for r in rows]
+        outs.append([np.asarray(o, np.float64)[:real] for o in fn(*padded)])
+    return tuple(np.concatenate(parts) for parts in zip(*outs))
 
 
 def _hand_object(scene: Scene) -> np.ndarray:
@@ -127,11 +142,24 @@ def _relative_pose(scene: Scene, palm: int, data: mujoco.MjData):
     return pos, r_palm.T @ data.xmat[obj].reshape(3, 3)
 
 
-def _healthy(state0: np.ndarray, states: np.ndarray) -> np.ndarray:
+def finite_worlds(state0: np.ndarray, states: np.ndarray) -> np.ndarray:
     """[W] no NaN/inf and `time` strictly increasing over every step (no reset)."""
     times = np.concatenate([state0[:, None, 0], states[:, :, 0]], axis=1)
     monotonic = np.all(np.diff(times, axis=1) > 0, axis=1)
     return monotonic & np.all(np.isfinite(states), axis=(1, 2))
+
+
+def resolve_threads(nthread: int | None) -> int:
+    """Rollout threads: `nthread`, or the CPUs this process may use when None."""
+    nthread = usable_cpus() if nthread is None else int(nthread)
+    if nthread < 1:
+        raise ConfigError(f"nthread must be at least 1, got {nthread}")
+    return nthread
+
+
+def thread_pool(nthread: int) -> rollout.Rollout:
+    """A `mujoco.rollout` pool of `nthread` threads (one thread runs on the caller's)."""
+    return rollout.Rollout(nthread=nthread if nthread > 1 else 0)
 
 
 class _Workspace:
@@ -226,7 +254,7 @@ def _chunk(template, scene, pool, datas, work, qpos, ctrl, out, index):
         states = _run(pool, model, datas, work, state0[go], warm0[go], base[go], protocol.settle_steps)
         settled = state0.copy()
         settled[go] = states[:, -1]
-        ok[go] = _healthy(state0[go], states)
+        ok[go] = finite_worlds(state0[go], states)
         warm = np.zeros_like(warm0)
         for i in go[ok[go]]:  # the warmstart the last settle step would hand on
             mujoco.mj_setState(model, data, settled[i], _STATE)
@@ -252,7 +280,7 @@ def _chunk(template, scene, pool, datas, work, qpos, ctrl, out, index):
         start = np.repeat(settled[go], d, axis=0)
         states = _run(pool, model, datas, work, start, np.repeat(warm[go], d, axis=0), control,
                       protocol.hold_steps)
-        healthy = _healthy(start, states).reshape(len(go), d)
+        healthy = finite_worlds(start, states).reshape(len(go), d)
         final = states[:, -1]
         before = states[:, -2] if protocol.hold_steps > 1 else start
         pos = np.zeros((len(go) * d, 3))
@@ -318,16 +346,14 @@ def hold_test_mujoco(template: SimTemplate, prepared: PreparedObject, grasps, *,
     if qpos.shape != (n, model.nq) or ctrl.shape != (n, model.nu):
         raise ConfigError(f"qpos/ctrl must have shapes ({n}, {model.nq}) and ({n}, {model.nu}), "
                           f"got {qpos.shape} and {ctrl.shape}")
-    nthread = usable_cpus() if nthread is None else int(nthread)
-    if nthread < 1:
-        raise ConfigError(f"nthread must be at least 1, got {nthread}")
+    nthread = resolve_threads(nthread)
     d = NUM_DIRECTIONS
     out = {"held": np.zeros((n, d), bool), "translation": np.zeros((n, d)),
            "rotation": np.zeros((n, d)), "contact": np.zeros((n, d), bool),
            "finite": np.zeros((n, d), bool), "penetration_mm": np.zeros(n)}
     datas = [mujoco.MjData(model) for _ in range(nthread)]
     work = _workspace()
-    with rollout.Rollout(nthread=nthread if nthread > 1 else 0) as pool:
+    with thread_pool(nthread) as pool:
         for start in range(0, n, chunk):
             index = slice(start, min(start + chunk, n))
             _chunk(template, scene, pool, datas, work, qpos[index], ctrl[index], out, index)
