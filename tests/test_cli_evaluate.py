@@ -14,6 +14,10 @@ TINY = ["width=32", "depth=1", "time_dim=16", "block_steps=10", "warmup_steps=2"
 BOTTLE = "sem-Bottle-437678d4bc6be981c8724d5673a063a6"
 
 
+def o_code(summary, entry):
+    return next(code for code, o in summary["objects"].items() if o is entry)
+
+
 @requires_shared_data
 def test_evaluate_writes_summary_and_records(tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
@@ -39,6 +43,14 @@ def test_evaluate_writes_summary_and_records(tmp_path, capsys):
         assert r["object_pose"][2] > 0  # resting on the table (top at z = 0)
         if r["clear_candidates"] == 0:
             assert not r["success"]
+        # The default selection hold-tests up to --check-top clear candidates.
+        assert 0 <= r["checked"] <= min(4, round(r["clear_candidates"] * 4))
+        assert r["check_directions_held"] in range(-1, 7)
+        assert (r["check_directions_held"] == -1) == (r["checked"] == 0)
+    for o in summary["objects"].values():
+        assert o["select"] == "check"
+        checked = sum(r["checked"] for r in records if r["object"] == o_code(summary, o))
+        assert o["check_physics_steps"] == checked * 775  # the strict hold test's steps per grasp
     # A finished evaluation is never overwritten.
     assert main(argv) == 2
     assert "already holds an evaluation" in capsys.readouterr().err

@@ -161,7 +161,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise DataError(f"{out} exists and is not a directory")
     protocol = _lift_protocol(args.set)
     config = pose_sampling.PoseSamplingConfig(
-        poses=args.poses, candidates=args.candidates, select=args.select, sampler=args.sampler,
+        poses=args.poses, candidates=args.candidates, select=args.select, check_top=args.check_top,
+        sampler=args.sampler,
         steps=args.steps, seed=args.seed).validate()
     trained = pipeline.load_trained(args.checkpoint)
     names = args.objects or list(trained.dataset.get("object_codes", []))
@@ -245,16 +246,23 @@ def add_command(commands) -> None:
         "evaluate",
         help="pose-sampling success of a trained diffusion model: objects on a table, grasps sampled and lifted",
         description="Per object: N resting poses, K sampled grasps per pose, table-colliding ones "
-                    "rejected, one chosen by a kinematic contact score, then lifted 20 cm and held 1 s. "
+                    "rejected, one chosen (by a kinematic contact score, or by a short hold check "
+                    "in simulation), then lifted 20 cm and held 1 s. "
                     "Success rates come with Wilson 95%% intervals.",
     )
     p.add_argument("checkpoint", metavar="CKPT_DIR", help="directory written by diffrl train")
     p.add_argument("--objects", nargs="+", metavar="CODE|builtin:NAME",
                    help="objects to evaluate (default: the training objects)")
     p.add_argument("--poses", type=positive_int, default=100, help="resting poses per object (default 100)")
-    p.add_argument("--candidates", type=positive_int, default=16, help="sampled grasps per pose (default 16)")
-    p.add_argument("--select", choices=("contact", "first"), default="contact",
-                   help="how to choose among table-clear candidates (default: contact score)")
+    p.add_argument("--candidates", type=positive_int, default=256,
+                   help="sampled grasps per pose (default 256; most put the hand through the table)")
+    p.add_argument("--select", choices=("check", "contact", "first"), default="check",
+                   help="how to choose among table-clear candidates: check (the default: hold-test the "
+                        "--check-top of best contact score in the object frame, take the one holding in "
+                        "most directions; its physics steps are counted), contact (kinematic contact "
+                        "score only: no physics) or first")
+    p.add_argument("--check-top", type=positive_int, default=16, metavar="M",
+                   help="--select check: clear candidates hold-tested per pose (default 16)")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
     p.add_argument("--steps", type=positive_int, help="denoising steps (DDIM)")
     p.add_argument("--backend", choices=("mjx", "mujoco"), default="mjx")
