@@ -149,7 +149,7 @@ class PipelineConfig:
 
 
 PRESETS = {
-    # The README's main job: built-in objects, MuJoCo's C engine; 5 minutes
+    # The README's main job: built-in objects, MuJoCo's C engine; 7 minutes
     # on a 2-core CPU from a cold compilation cache.
     "quick": PipelineConfig(),
     # The three shared DexGraspNet objects at full size, MJX on one GPU.
