@@ -145,3 +145,12 @@ def test_adapted_dataset_leaves_out_objects_with_no_kept_grasp(tmp_path):
     back = load_dexgraspnet(tmp_path / "adapted")
     assert back.object_codes == ("builtin-box",) and len(back) == int(keep.sum())
     np.testing.assert_allclose(back.grasps, corrected[keep], atol=1e-9)
+
+
+@pytest.mark.parametrize("value", ["-0.1", "inf", "nan", "wide"])
+def test_bad_explore_is_a_usage_error(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["refine", "/tmp/anything", "--out", "/tmp/never_written", "--explore", value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--explore" in err and "Traceback" not in err

@@ -125,6 +125,10 @@ def test_other_settings_on_the_same_run_are_refused(run, capsys):
     (["pipeline", "--set", "train_steps=0", "--out", "/tmp/never-pipeline"], "positive integer"),
     (["pipeline", "--objects", "teapot", "--out", "/tmp/never-pipeline"], "built-in objects must be"),
     (["pipeline", "--set", "scenario=windy", "--out", "/tmp/never-pipeline"], "scenario must be"),
+    (["pipeline", "--set", "refine_explore=lots", "--out", "/tmp/never-pipeline"], "expected a number"),
+    (["pipeline", "--set", "refine_explore=-0.5", "--out", "/tmp/never-pipeline"], "refine_explore must be"),
+    (["pipeline", "--set", "refine_explore=nan", "--out", "/tmp/never-pipeline"], "refine_explore must be"),
+    (["pipeline", "--set", "eval_select=best", "--out", "/tmp/never-pipeline"], "eval_select must be"),
 ])
 def test_bad_input_exits_2(argv, message, capsys):
     assert main(argv) == 2

@@ -97,6 +97,25 @@ def test_config_errors():
         RefineConfig().replace(squeeze=1.0)
 
 
+def test_exploration_noise():
+    """Adaptation attempts: the policy's action plus N(0, explore^2) per component, clipped."""
+    mean = jnp.full(ACTION_SIZE, 0.1)
+    policy = lambda obs, key: mean  # noqa: E731  (a policy with no spread of its own)
+    assert refine.add_exploration(policy, 0.0) is policy
+    explore = jax.jit(refine.add_exploration(policy, 0.3))
+    keys = jax.random.split(jax.random.key(0), 4000)
+    actions = np.asarray(jax.vmap(lambda k: explore(None, k))(keys))
+    assert actions.shape == (4000, ACTION_SIZE) and np.all(np.abs(actions) <= 1.0)
+    np.testing.assert_allclose(actions.mean(), 0.1, atol=0.01)
+    np.testing.assert_allclose(actions.std(), 0.3, atol=0.01)
+    np.testing.assert_array_equal(explore(None, keys[0]), explore(None, keys[0]))  # a key fixes it
+    wide = np.asarray(jax.vmap(lambda k: refine.add_exploration(policy, 5.0)(None, k))(keys))
+    assert np.all(np.abs(wide) <= 1.0) and np.mean(np.abs(wide) == 1.0) > 0.7  # clipped
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="explore"):
+            refine.add_exploration(policy, bad)
+
+
 def test_heldout_split_is_per_object_and_seeded():
     index = np.repeat(np.arange(3), [10, 5, 1])
     a = refine.split_heldout(index, 0.2, seed=0)

@@ -27,8 +27,9 @@ import shutil
 import sys
 import time
 
-from diffrl_jax.cli.common import (parse_assignments, positive_int, read_jsonl, save_figure_atomic,
-                                   write_json_atomic, write_npz_atomic, write_jsonl_atomic)
+from diffrl_jax.cli.common import (non_negative_float, parse_assignments, positive_int, read_jsonl,
+                                   save_figure_atomic, write_json_atomic, write_jsonl_atomic,
+                                   write_npz_atomic)
 from diffrl_jax.errors import ConfigError
 
 SCENARIOS = {
@@ -46,13 +47,13 @@ PRESETS = {
                                              init_action_std=0.3,
                                              policy_hidden_sizes=(256, 256),
                                              value_hidden_sizes=(256, 256)),
-            "block": 5, "attempts": 8, "chunk": 64},
+            "block": 5, "attempts": 32, "explore": 0.5, "chunk": 64},
     "gpu": {"backend": "mjx", "ppo": dict(num_envs=1024, num_iterations=60, num_minibatches=8,
                                           num_epochs=4, learning_rate=3e-4, entropy_cost=1e-3,
                                           init_action_std=0.3,
                                           policy_hidden_sizes=(256, 256),
                                           value_hidden_sizes=(256, 256)),
-            "block": 5, "attempts": 16, "chunk": 1024},
+            "block": 5, "attempts": 128, "explore": 0.5, "chunk": 1024},
 }
 
 
@@ -116,7 +117,12 @@ def _run_record(args, scenario, hold, ppo_config, refine_config, backend, preset
         "backend": backend, "preset": args.preset, "seed": args.seed,
         "heldout_fraction": args.heldout, "budget_pieces": args.budget_pieces,
         "block": args.block or preset["block"], "attempts": args.attempts or preset["attempts"],
+        "explore": _explore(args, preset),
     }
+
+
+def _explore(args, preset) -> float:
+    return preset["explore"] if args.explore is None else args.explore
 
 
 def _limit(dataset, limit):
@@ -287,7 +293,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
     env_all = refine.make_env(problem, refine_config, backend, rows=np.arange(len(dataset)),
                               nthread=args.threads)
     attempts = args.attempts or preset["attempts"]
-    attempts_fn = refine.make_attempts(env_all, deterministic, stochastic, attempts)
+    explore = _explore(args, preset)
+    attempts_fn = refine.make_attempts(env_all, deterministic, stochastic, attempts, explore)
     with tqdm(total=len(dataset), desc="adapting", unit="grasp", file=sys.stderr, disable=None) as bar:
         adapted = refine.adapt(problem, env_all, attempts_fn, jax.random.fold_in(key, 1 << 20),
                                chunk=preset["chunk"], progress=bar.update)
@@ -313,7 +320,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
         timings["revalidate_s"] = time.perf_counter() - t
     result = refine.summary(problem, adapted, revalidated)
     result.update(scenario=scenario, backend=backend, device=device_name(backend),
-                  attempts=attempts, timings_s=timings,
+                  attempts=attempts, explore=explore, timings_s=timings,
                   train_env_steps=int(ppo_config.num_iterations * ppo_config.num_envs
                                       * ppo_config.unroll_length))
     write_json_atomic(out / "summary.json", result)
@@ -365,6 +372,9 @@ def add_commands(commands) -> None:
                    help="PPO iterations per compiled block and checkpoint (default: the preset's)")
     p.add_argument("--attempts", type=positive_int,
                    help="episodes per grasp when adapting (default: the preset's)")
+    p.add_argument("--explore", type=non_negative_float, metavar="STD",
+                   help="when adapting, Gaussian noise added to the sampled attempts' actions "
+                        "(action units, [-1, 1] per component; default: the preset's, 0.5)")
     p.add_argument("--ppo", action="append", metavar="FIELD=VALUE", help="override a PPOConfig field")
     p.add_argument("--refine", action="append", metavar="FIELD=VALUE",
                    help="override a RefineConfig field (bounds, reward scales)")

@@ -126,18 +126,38 @@ def make_env(problem: Problem, config: refine_env.RefineConfig, backend: str,
                                 hold_fn(problem, backend, nthread), config)
 
 
+def add_exploration(policy: Callable, explore: float) -> Callable:
+    """`(obs, key) -> action` of `policy` plus N(0, explore^2) noise per component, clipped
+    to [-1, 1]; `policy` itself when `explore` is 0."""
+    if not (np.isfinite(explore) and explore >= 0):
+        raise ConfigError(f"explore must be finite and >= 0, got {explore}")
+    if explore == 0:
+        return policy
+
+    def exploring(obs, key):
+        k_policy, k_noise = jax.random.split(key)
+        action = policy(obs, k_policy)
+        noise = explore * jax.random.normal(k_noise, action.shape, action.dtype)
+        return jnp.clip(action + noise, -1.0, 1.0)
+
+    return exploring
+
+
 def make_attempts(env: refine_env.RefineEnv, deterministic_policy: Callable,
-                  stochastic_policy: Callable, attempts: int):
+                  stochastic_policy: Callable, attempts: int, explore: float = 0.0):
     """A jitted `(rows [B], key) -> (grasps [B, K, 31], success [B, K], reward [B, K])`.
 
     K = `attempts` episodes per dataset row of `env`'s data: the first with the
-    deterministic policy (its mean action), the others sampled. Each episode
-    reports the first holding grasp of its steps (or its best-rewarded one).
+    deterministic policy (its mean action), the others sampled from the
+    policy, with Gaussian noise of standard deviation `explore` added to each
+    action component (0: the policy's own spread only). Each episode reports
+    the first holding grasp of its steps (or its best-rewarded one).
     Policies are `(obs [O], key) -> action [A]`.
     """
     if attempts < 1:
         raise ConfigError(f"attempts must be at least 1, got {attempts}")
     steps = env.config.steps
+    stochastic_policy = add_exploration(stochastic_policy, explore)
 
     def episode(policy, index, key):
         def body(carry, key):
