@@ -160,8 +160,8 @@ class PipelineConfig:
 
 
 PRESETS = {
-    # The README's main job: built-in objects, MuJoCo's C engine; 7 minutes
-    # on a 2-core CPU from a cold compilation cache.
+    # The README's main job: built-in objects, MuJoCo's C engine; 12.5
+    # minutes on a busy 2-core CPU from a cold compilation cache.
     "quick": PipelineConfig(),
     # The three shared DexGraspNet objects at full size, MJX on one GPU.
     "paper": PipelineConfig(dataset="", objects=(), backend="mjx", refine_preset="gpu",
