@@ -33,7 +33,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from diffrl_jax.cli.common import (parse_assignments, positive_int, save_figure_atomic, write_json_atomic)
+from diffrl_jax.cli.common import (non_negative_float, parse_assignments, positive_int, save_figure_atomic,
+                                   write_json_atomic)
 from diffrl_jax.errors import ConfigError, DataError, DiffrlError
 
 RESULT_FILE = "scenario_sweep.json"
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--envs", type=positive_int, default=32, help="parallel environments (default 32)")
     parser.add_argument("--attempts", type=positive_int, default=4,
                         help="episodes per grasp when adapting (default 4)")
+    parser.add_argument("--explore", type=non_negative_float, default=0.5, metavar="STD",
+                        help="exploration noise of the adaptation attempts (diffrl refine --explore; "
+                             "default 0.5)")
     parser.add_argument("--block", type=positive_int,
                         help="PPO iterations per compiled block (default: the preset's)")
     parser.add_argument("--backend", default="mujoco", choices=("mujoco", "mjx"),
@@ -96,7 +100,8 @@ def _settings(args) -> dict:
     """Everything but the grid that shapes a scenario's result (a rerun must not change it)."""
     return {
         "dataset": str(pathlib.Path(args.dataset).resolve()), "objects": args.objects, "limit": args.limit,
-        "iterations": args.iterations, "envs": args.envs, "attempts": args.attempts, "block": args.block,
+        "iterations": args.iterations, "envs": args.envs, "attempts": args.attempts,
+        "explore": args.explore, "block": args.block,
         "backend": args.backend, "preset": args.preset, "protocol": args.protocol,
         "set": parse_assignments(args.set, "--set"), "ppo": parse_assignments(args.ppo, "--ppo"),
         "budget_pieces": args.budget_pieces, "seed": args.seed,
@@ -110,6 +115,7 @@ def refine_argv(settings: dict, friction: float, mass_scale: float, out, threads
             "--preset", settings["preset"], "--backend", settings["backend"],
             "--limit", str(settings["limit"]), "--iterations", str(settings["iterations"]),
             "--envs", str(settings["envs"]), "--attempts", str(settings["attempts"]),
+            "--explore", repr(float(settings.get("explore", 0.0))),
             "--budget-pieces", str(settings["budget_pieces"]), "--seed", str(settings["seed"]),
             "--set", f"friction={friction!r}", "--set", f"mass_scale={mass_scale!r}"]
     for field, value in settings["set"].items():

@@ -179,7 +179,8 @@ def fake_refine(monkeypatch):
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.json").write_text(json.dumps(record))
         calls.append({"friction": hold.friction, "mass_scale": hold.mass_scale, "resume": args.resume,
-                      "limit": args.limit, "envs": ppo_config.num_envs, "attempts": args.attempts})
+                      "limit": args.limit, "envs": ppo_config.num_envs, "attempts": args.attempts,
+                      "explore": record["explore"]})
         kept = _kept(hold.friction, hold.mass_scale)
         objects = {code: {"n": args.limit, "raw_success": 0.0, "adapted_success": 1.0, "fixed_fraction": kept,
                           "kept_fraction": kept, "heldout_adapted_success": None}
@@ -201,6 +202,7 @@ def test_scenario_sweep_end_to_end(example_dir, tmp_path, capsys, fake_refine):
     assert [(c["friction"], c["mass_scale"], c["resume"]) for c in fake_refine] == [(0.5, 2.0, False),
                                                                                     (1.0, 2.0, False)]
     assert fake_refine[0]["limit"] == 3 and fake_refine[0]["envs"] == 4 and fake_refine[0]["attempts"] == 1
+    assert fake_refine[0]["explore"] == 0.5  # the sweep's default, passed on to diffrl refine
     result = json.loads((out / "scenario_sweep.json").read_text())
     lines = table.splitlines()
     assert lines[0].startswith("| friction | mass x | raw | adapted | kept |")
