@@ -53,8 +53,8 @@ class PoseSamplingConfig:
     candidates: int = 256
     select: str = "check"  # see SELECTIONS and the module docstring
     # "check": clear candidates hold-tested per pose. On the quick preset's
-    # model a candidate holding in all six directions was lifted in 70% of
-    # poses, one holding in fewer almost never.
+    # model a chosen candidate holding in all six directions was lifted in 70%
+    # of poses (73/104), one holding in fewer in 12% (5/42).
     check_top: int = 16
     sampler: str = "ddim"
     steps: int | None = None  # denoising steps (None: the sampler's default)
