@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffrl_jax import parallel
 from diffrl_jax.errors import ConfigError
 from diffrl_jax.evaluation.stats import rate
 from diffrl_jax.sim import bank, hold, lift
@@ -145,8 +146,7 @@ def hold_protocol_for(protocol: lift.LiftProtocol) -> HoldProtocol:
     """The strict hold test with the physics of `protocol`: what "check" runs."""
     same = ("friction", "finger_strength", "finger_kp", "object_density", "mass_scale", "timestep",
             "impratio", "max_contacts", "squeeze_m", "squeeze_distance_m", "squeeze_closure_rad")
-    return dataclasses.replace(HoldProtocol(), name="lift-check",
-                               **{k: getattr(protocol, k) for k in same}).validate()
+    return HoldProtocol().replace(name="lift-check", **{k: getattr(protocol, k) for k in same})
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
@@ -174,8 +174,7 @@ def _check(template: lift.LiftTemplate, prepared, grasps: np.ndarray, backend: s
 
         result = mujoco_backend.hold_test_mujoco(hold_template, prepared, grasps, nthread=nthread)
         return np.asarray(result.held).sum(axis=-1)
-    n = len(grasps)
-    padded = np.concatenate([grasps, np.repeat(grasps[:1], size - n, 0)]).astype(np.float32)
+    padded, n = parallel.pad_batch(np.asarray(grasps, np.float32), size)  # n <= size: exactly size rows
     fields = bank.stack_fields([hold_template.fields(prepared)])
     out = _hold_test_fn(hold_template)(fields, padded[None])
     return np.asarray(jax.device_get(out.held))[0, :n].sum(axis=-1)

@@ -60,7 +60,7 @@ from brax.training.agents.ppo.losses import PPONetworkParams
 from jax.sharding import NamedSharding, PartitionSpec
 
 from diffrl_jax import parallel
-from diffrl_jax.errors import ConfigError
+from diffrl_jax.errors import ConfigError, check_fields
 
 __all__ = [
     "Batch",
@@ -180,9 +180,7 @@ class PPOConfig:
 
     def replace(self, **overrides) -> PPOConfig:
         """A copy with `overrides` applied and validated."""
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise ConfigError(f"unknown PPO config field(s): {', '.join(unknown)}")
+        check_fields(self, overrides, "PPO config")
         return dataclasses.replace(self, **overrides)
 
     @property

@@ -27,7 +27,7 @@ from flax import struct
 
 from diffrl_jax.data import grasps as grasp_lib
 from diffrl_jax.data import rotations
-from diffrl_jax.errors import ConfigError
+from diffrl_jax.errors import ConfigError, check_fields
 from diffrl_jax.hand import constants
 from diffrl_jax.scene import import_mjx
 from diffrl_jax.sim import hold
@@ -95,10 +95,7 @@ class RefineConfig:
         return self
 
     def replace(self, **overrides) -> "RefineConfig":
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ConfigError(f"unknown refine config field(s) {sorted(unknown)}; known: "
-                              f"{[f.name for f in dataclasses.fields(self)]}")
+        check_fields(self, overrides, "refine config")
         return dataclasses.replace(self, **overrides).validate()
 
     def to_json(self) -> dict:

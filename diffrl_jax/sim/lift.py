@@ -48,7 +48,7 @@ from flax import struct
 
 from diffrl_jax.data import grasps as grasp_lib
 from diffrl_jax.data import rotations
-from diffrl_jax.errors import ConfigError
+from diffrl_jax.errors import ConfigError, check_fields
 from diffrl_jax.hand import constants, shadow
 from diffrl_jax.objects import assets
 from diffrl_jax.scene import Scene, SceneConfig, blank_data, build_scene, import_mjx, put_model
@@ -179,10 +179,7 @@ class LiftProtocol:
         return self
 
     def replace(self, **overrides) -> "LiftProtocol":
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise ConfigError(f"unknown lift protocol field(s) {unknown}; known: "
-                              f"{[f.name for f in dataclasses.fields(self)]}")
+        check_fields(self, overrides, "lift protocol")
         return dataclasses.replace(self, **overrides).validate()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from diffrl_jax.errors import ConfigError
+from diffrl_jax.errors import ConfigError, check_fields
 
 # The six pull directions of the object frame, in this order everywhere.
 DIRECTIONS = ((1.0, 0.0, 0.0), (-1.0, 0.0, 0.0), (0.0, 1.0, 0.0),
@@ -101,10 +101,7 @@ class HoldProtocol:
         return self
 
     def replace(self, **overrides) -> "HoldProtocol":
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise ConfigError(f"unknown protocol field(s) {unknown}; known: "
-                              f"{[f.name for f in dataclasses.fields(self)]}")
+        check_fields(self, overrides, "protocol")
         return dataclasses.replace(self, **overrides).validate()
 
 
