@@ -99,6 +99,14 @@ class GraspDataset:
             object_index=self.object_index[rows],
             extras={name: values[rows] for name, values in self.extras.items()})
 
+    def first_per_object(self, limit: int | None) -> "GraspDataset":
+        """The first `limit` grasps of each object (all of them for None)."""
+        if limit is None:
+            return self
+        rows = np.concatenate([np.flatnonzero(self.object_index == k)[:limit]
+                               for k in range(len(self.object_codes))] or [np.zeros(0, np.int64)])
+        return self.take(rows)
+
     def select(self, codes: Sequence[str]) -> "GraspDataset":
         """The grasps of `codes` only (kept in this dataset's order)."""
         codes = [codes] if isinstance(codes, str) else list(codes)
