@@ -20,7 +20,7 @@ import sys
 import time
 
 from diffrl_jax.cli.common import (add_distributed_options, parse_assignments, positive_int, read_jsonl,
-                                   save_figure_atomic, write_jsonl_atomic)
+                                   save_figure_atomic, unit_interval, write_jsonl_atomic)
 from diffrl_jax.errors import ConfigError, DataError
 
 METRICS_FILE = "metrics.jsonl"
@@ -101,8 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     only_success = True if args.only_success else (False if args.all_grasps else None)
     with tqdm(total=len(dataset.object_codes), desc="encoding objects", unit="object", file=sys.stderr,
               disable=None) as bar:
-        samples, conds, cond_index, groups = grasp_training_data(dataset, config, only_success,
-                                                                 progress=bar.update)
+        samples, conds, cond_index, groups = grasp_training_data(
+                dataset, config, only_success, progress=bar.update, min_robustness=args.min_robustness)
     only_success = "success" in dataset.extras if only_success is None else only_success
     kwargs = model_kwargs(config, samples.shape[1], conds.shape[1])
     model = make_denoiser(**kwargs)
@@ -116,7 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         normaliser = fit_normaliser(samples)
         state = init_train_state(config, model)
     run_config = pipeline.checkpoint_config(
-        config, kwargs, normaliser, pipeline.dataset_info(dataset, groups, cond_index, only_success))
+        config, kwargs, normaliser, pipeline.dataset_info(dataset, groups, cond_index, only_success,
+                                                        args.min_robustness))
     data = TrainData.create(samples, conds, cond_index, normaliser)
     # Data parallel over every device (of every process): one program, the
     # minibatch split, the gradient all-reduced.
@@ -254,6 +255,9 @@ def add_commands(commands) -> None:
     which.add_argument("--only-success", action="store_true",
                        help="train only on grasps labelled success (an error without that label)")
     which.add_argument("--all-grasps", action="store_true", help="ignore a 'success' label")
+    train.add_argument("--min-robustness", type=unit_interval, metavar="R",
+                       help="train only on grasps whose 'robustness' label is at least R "
+                            "(see `diffrl robustness`)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     train.add_argument("--set", action="append", metavar="FIELD=VALUE",
                        help="override a DiffusionConfig field, e.g. --set width=128 (repeatable)")

@@ -6,7 +6,7 @@ JSON config with everything needed to rebuild the model and its inputs:
     {"format": CONFIG_FORMAT, "diffusion": DiffusionConfig.to_dict(),
      "model_kwargs": model.model_kwargs(...), "normaliser": {"mean", "std"},
      "dataset": {"root", "object_codes", "scales": {code: {scale: count}},
-                 "only_success", "num_grasps"}}
+                 "only_success", "num_grasps", "min_robustness"}}
 
 Objects are named as the CLI takes them: `builtin:NAME`, a CoACD-style OBJ
 file (any mesh, encoded as an unseen object), or an object code of the
@@ -44,7 +44,8 @@ def checkpoint_config(config: DiffusionConfig, kwargs: dict, normaliser: Normali
             "normaliser": normaliser.to_dict(), "dataset": dataset_info}
 
 
-def dataset_info(dataset: dexgraspnet.GraspDataset, groups, cond_index, only_success: bool) -> dict:
+def dataset_info(dataset: dexgraspnet.GraspDataset, groups, cond_index, only_success: bool,
+                 min_robustness: float | None = None) -> dict:
     """What a checkpoint records of its training data.
 
     groups: (code, scale) of each condition; cond_index `[N]`: the condition
@@ -60,6 +61,7 @@ def dataset_info(dataset: dexgraspnet.GraspDataset, groups, cond_index, only_suc
         "scales": dict(scales),
         "only_success": bool(only_success),
         "num_grasps": int(len(cond_index)),
+        "min_robustness": None if min_robustness is None else float(min_robustness),
     }
 
 

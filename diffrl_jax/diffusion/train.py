@@ -224,12 +224,15 @@ def run_training(state: TrainState, data: TrainData, config: DiffusionConfig, mo
 
 
 def grasp_training_data(dataset, config: DiffusionConfig, only_success: bool | None = None,
-                        progress: Callable[[int], None] | None = None):
+                        progress: Callable[[int], None] | None = None,
+                        min_robustness: float | None = None):
     """A GraspDataset -> (samples `[N, 31]`, conds `[M, C]`, cond_index `[N]`, groups).
 
     One condition per (object, scale) pair, `groups` lists them as
     (code, scale). `only_success`: keep grasps whose "success" label is true;
-    None means "if the dataset has that label".
+    None means "if the dataset has that label". `min_robustness`: keep only
+    grasps whose "robustness" label (`diffrl robustness`, or `diffrl refine`)
+    is at least this.
     """
     from diffrl_jax.objects import encoding
 
@@ -243,6 +246,17 @@ def grasp_training_data(dataset, config: DiffusionConfig, only_success: bool | N
         keep = np.asarray(dataset.extras["success"]).astype(bool)
     if not keep.any():
         raise DataError(f"{dataset.root}: no grasps left to train on (none labelled success)")
+    if min_robustness is not None:
+        if not (np.isfinite(min_robustness) and 0.0 <= min_robustness <= 1.0):
+            raise DataError(f"min_robustness must lie in [0, 1], got {min_robustness!r}")
+        if "robustness" not in dataset.extras:
+            raise DataError(f"{dataset.root}: no 'robustness' label to filter by (label the dataset "
+                            "with `diffrl robustness`, or refine with robustness samples)")
+        robust = np.asarray(dataset.extras["robustness"], np.float64) >= min_robustness - 1e-9
+        if not (keep & robust).any():
+            raise DataError(f"{dataset.root}: no grasps left to train on (none of the {int(keep.sum())} "
+                            f"candidates has robustness >= {min_robustness})")
+        keep &= robust
     basis = encoding.bps_basis(config.encoding_points, config.encoding_radius)
     scales = np.round(dataset.scales, 6)  # DexGraspNet stores float32-rounded scales
     groups, cond_index = {}, np.zeros(len(dataset), np.int32)
