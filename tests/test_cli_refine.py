@@ -14,7 +14,8 @@ BOTTLE = "sem-Bottle-437678d4bc6be981c8724d5673a063a6"
 ARGS = ["--objects", BOTTLE, "--limit", "6", "--iterations", "4", "--block", "2", "--envs", "8",
         "--attempts", "2", "--budget-pieces", "3", "--set", "settle_s=0.02", "--set", "hold_s=0.1",
         "--ppo", "num_minibatches=2", "--ppo", "policy_hidden_sizes=32,32",
-        "--ppo", "value_hidden_sizes=32,32", "--heldout", "0.34", "--threads", "2"]
+        "--ppo", "value_hidden_sizes=32,32", "--heldout", "0.34", "--threads", "2",
+        "--robustness", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,11 @@ def test_refine_writes_every_output(run):
         assert len(adapted) == int(adaptation["keep"].sum())
         np.testing.assert_array_equal(adapted.extras["source_index"], np.flatnonzero(adaptation["keep"]))
         assert adapted.extras["success"].all()
+        # Two perturbed copies per kept grasp: robustness in {0, 1/2, 1}, its mean in the summary.
+        values = adapted.extras["robustness"]
+        assert set(np.unique(values)) <= {0.0, 0.5, 1.0}
+        assert r["kept_robustness_mean"] == pytest.approx(values.mean())
+        assert summary["timings_s"]["robustness_s"] > 0
 
 
 @requires_shared_data

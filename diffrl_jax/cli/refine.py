@@ -27,8 +27,8 @@ import shutil
 import sys
 import time
 
-from diffrl_jax.cli.common import (non_negative_float, parse_assignments, positive_int, read_jsonl,
-                                   save_figure_atomic, write_json_atomic, write_jsonl_atomic,
+from diffrl_jax.cli.common import (non_negative_float, non_negative_int, parse_assignments, positive_int,
+                                   read_jsonl, save_figure_atomic, write_json_atomic, write_jsonl_atomic,
                                    write_npz_atomic)
 from diffrl_jax.errors import ConfigError
 
@@ -47,13 +47,13 @@ PRESETS = {
                                              init_action_std=0.3,
                                              policy_hidden_sizes=(256, 256),
                                              value_hidden_sizes=(256, 256)),
-            "block": 5, "attempts": 32, "explore": 0.5, "chunk": 64},
+            "block": 5, "attempts": 32, "explore": 0.5, "chunk": 64, "robustness": 8},
     "gpu": {"backend": "mjx", "ppo": dict(num_envs=1024, num_iterations=60, num_minibatches=8,
                                           num_epochs=4, learning_rate=3e-4, entropy_cost=1e-3,
                                           init_action_std=0.3,
                                           policy_hidden_sizes=(256, 256),
                                           value_hidden_sizes=(256, 256)),
-            "block": 5, "attempts": 128, "explore": 0.5, "chunk": 1024},
+            "block": 5, "attempts": 128, "explore": 0.5, "chunk": 1024, "robustness": 8},
 }
 
 
@@ -117,7 +117,7 @@ def _run_record(args, scenario, hold, ppo_config, refine_config, backend, preset
         "backend": backend, "preset": args.preset, "seed": args.seed,
         "heldout_fraction": args.heldout, "budget_pieces": args.budget_pieces,
         "block": args.block or preset["block"], "attempts": args.attempts or preset["attempts"],
-        "explore": _explore(args, preset),
+        "explore": _explore(args, preset), "robustness": _robustness_samples(args, preset),
     }
 
 
@@ -125,14 +125,8 @@ def _explore(args, preset) -> float:
     return preset["explore"] if args.explore is None else args.explore
 
 
-def _limit(dataset, limit):
-    import numpy as np
-
-    if limit is None:
-        return dataset
-    rows = np.concatenate([np.flatnonzero(dataset.object_index == k)[:limit]
-                           for k in range(len(dataset.object_codes))])
-    return dataset.take(rows)
+def _robustness_samples(args, preset) -> int:
+    return preset["robustness"] if args.robustness is None else args.robustness
 
 
 def _plot_learning_curve(records: list[dict], path: pathlib.Path) -> None:
@@ -186,7 +180,7 @@ def state_template(run_dir) -> object:
     from diffrl_jax.rl import ppo, refine
 
     record = json.loads((pathlib.Path(run_dir) / "run.json").read_text())
-    dataset = _limit(load_dexgraspnet(record["dataset"], objects=record["objects"]), record["limit"])
+    dataset = load_dexgraspnet(record["dataset"], objects=record["objects"]).first_per_object(record["limit"])
     problem, refine_config = _problem(record, dataset)
     env = refine.make_env(problem, refine_config, record["backend"])
     ppo_config = ppo.PPOConfig.from_json(record["ppo"])
@@ -201,6 +195,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     from diffrl_jax import checkpoint
     from diffrl_jax.data.dexgraspnet import load_dexgraspnet, write_dexgraspnet
     from diffrl_jax.rl import ppo, refine
+    from diffrl_jax.sim import robustness
     from diffrl_jax.sim.bank import ObjectBudget
     from diffrl_jax.sim.validate import device_name, entries, validate_dataset
 
@@ -217,7 +212,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
             changed = sorted(k for k in record if previous.get(k) != record[k])
             raise ConfigError(f"--resume: the run in {out} was started with other settings "
                               f"(differs in: {', '.join(changed)})")
-    dataset = _limit(load_dexgraspnet(args.dir, objects=args.objects), args.limit)
+    dataset = load_dexgraspnet(args.dir, objects=args.objects).first_per_object(args.limit)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "run.json", record)
 
@@ -304,6 +299,18 @@ def cmd_refine(args: argparse.Namespace) -> int:
         refined=adapted.refined, heldout=problem.heldout, grasps=adapted.grasps))
 
     adapted_ds, labels = refine.adapted_dataset(problem, adapted)
+    samples = _robustness_samples(args, preset)
+    if len(adapted_ds) and samples:
+        # How often each kept grasp holds when placed a little off (the
+        # diffusion model reproduces grasps only to a few millimetres).
+        t = time.perf_counter()
+        perturb = robustness.PerturbConfig(samples=samples, seed=args.seed)
+        with tqdm(total=len(adapted_ds) * samples, desc="robustness", unit="grasp", file=sys.stderr,
+                  disable=None) as bar:
+            labels[robustness.LABEL], _ = robustness.robustness(
+                    adapted_ds, hold, perturb, backend=backend, budget=budget, nthread=args.threads,
+                    progress=bar.update)
+        timings["robustness_s"] = time.perf_counter() - t
     revalidated = None
     if len(adapted_ds):
         staging = out / ".adapted.tmp"
@@ -319,6 +326,11 @@ def cmd_refine(args: argparse.Namespace) -> int:
                                               budget=budget, nthread=args.threads, progress=bar.update)
         timings["revalidate_s"] = time.perf_counter() - t
     result = refine.summary(problem, adapted, revalidated)
+    if robustness.LABEL in labels:
+        kept_codes = np.asarray(adapted_ds.object_codes)[adapted_ds.object_index]
+        for code, entry in result["objects"].items():
+            values = labels[robustness.LABEL][kept_codes == code]
+            entry["kept_robustness_mean"] = float(values.mean()) if len(values) else None
     result.update(scenario=scenario, backend=backend, device=device_name(backend),
                   attempts=attempts, explore=explore, timings_s=timings,
                   train_env_steps=int(ppo_config.num_iterations * ppo_config.num_envs
@@ -375,6 +387,9 @@ def add_commands(commands) -> None:
     p.add_argument("--explore", type=non_negative_float, metavar="STD",
                    help="when adapting, Gaussian noise added to the sampled attempts' actions "
                         "(action units, [-1, 1] per component; default: the preset's, 0.5)")
+    p.add_argument("--robustness", type=non_negative_int, metavar="K",
+                   help="label each kept grasp with the fraction of K perturbed copies that hold "
+                        "(0: no label; default: the preset's, 8)")
     p.add_argument("--ppo", action="append", metavar="FIELD=VALUE", help="override a PPOConfig field")
     p.add_argument("--refine", action="append", metavar="FIELD=VALUE",
                    help="override a RefineConfig field (bounds, reward scales)")
