@@ -115,6 +115,12 @@ def test_label_is_a_deterministic_fraction(bottle):
     np.testing.assert_array_equal(values, again)
     np.testing.assert_array_equal(values * 4, np.round(values * 4))  # multiples of 1 / samples
     assert np.all((values >= 0) & (values <= 1)) and timings["grasps_per_s"] > 0
+    copies, held, _ = robustness.perturbed_holds(bottle, SHORT, config, nthread=2)
+    assert copies.shape == (4, 4, grasp_lib.GRASP_DIM) and held.shape == (4, 4) and held.dtype == bool
+    np.testing.assert_array_equal(held.mean(axis=1), values)
+    # Each copy lies within the truncated noise of its grasp.
+    t = grasp_lib.split_grasps(copies)[0] - bottle.grasps[:, None, :3]
+    assert np.abs(t).max() <= config.truncate * config.translation_m + 1e-6
 
 
 @requires_shared_data

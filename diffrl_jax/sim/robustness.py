@@ -89,32 +89,44 @@ def perturb(grasps: jax.Array, key: jax.Array, config: PerturbConfig) -> jax.Arr
     return grasp_lib.make_grasps(t, rot, q).astype(grasps.dtype)
 
 
-def robustness(dataset, protocol, config: PerturbConfig = PerturbConfig(), *,
-               backend: str = "mujoco", budget=None, nthread: int | None = None,
-               progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, dict]:
-    """Per grasp of `dataset` [N]: the fraction of its perturbed copies that hold.
+def perturbed_holds(dataset, protocol, config: PerturbConfig = PerturbConfig(), *,
+                    backend: str = "mujoco", budget=None, nthread: int | None = None,
+                    progress: Callable[[int], None] | None = None):
+    """Perturbed copies of every grasp of `dataset` and their hold results.
 
-    Returns (robustness [N] float in [0, 1], timings {"grasps_per_s", "run_s"});
-    `progress` counts simulated copies (N * samples in all).
-    The copies of grasp i are the same for any dataset holding it at the same
-    row (the key is `fold_in(seed, i)`), so the label is deterministic.
+    Returns (copies [N, samples, 31] float64, held [N, samples] bool, timings
+    {"grasps_per_s", "run_s"}); `progress` counts simulated copies. The copies
+    of grasp i are the same for any dataset holding it at row i (the key is
+    `fold_in(PRNGKey(seed), i)`), so the results are deterministic.
     """
     from diffrl_jax.sim import bank, validate
 
     config.validate()
     n, k = len(dataset), config.samples
     if n == 0:
-        return np.zeros(0), {"grasps_per_s": 0.0, "run_s": 0.0}
+        return (np.zeros((0, k, grasp_lib.GRASP_DIM)), np.zeros((0, k), bool),
+                {"grasps_per_s": 0.0, "run_s": 0.0})
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(config.seed), i))(jnp.arange(n))
     copies = jax.jit(jax.vmap(lambda g, key: perturb(g, key, config)))(
             jnp.asarray(dataset.grasps, jnp.float32), keys)
+    copies = np.asarray(copies, np.float64)
     rows = np.repeat(np.arange(n), k)
-    perturbed = dataclasses.replace(dataset.take(rows), grasps=np.asarray(copies, np.float64).reshape(n * k, -1),
-                           extras={})
+    perturbed = dataclasses.replace(dataset.take(rows), grasps=copies.reshape(n * k, -1), extras={})
     t = time.perf_counter()
     _, result = validate.validate_dataset(perturbed, protocol, backend=backend,
                                           budget=budget or bank.ObjectBudget(), nthread=nthread,
                                           progress=progress)
     run_s = time.perf_counter() - t
     held = np.asarray(result["success"], bool).reshape(n, k)
-    return held.mean(axis=1), {"grasps_per_s": n * k / max(run_s, 1e-9), "run_s": run_s}
+    return copies, held, {"grasps_per_s": n * k / max(run_s, 1e-9), "run_s": run_s}
+
+
+def robustness(dataset, protocol, config: PerturbConfig = PerturbConfig(), **kwargs
+               ) -> tuple[np.ndarray, dict]:
+    """Per grasp of `dataset` [N]: the fraction of its perturbed copies that hold.
+
+    Returns (robustness [N] float in [0, 1], timings); keyword arguments as
+    for `perturbed_holds`.
+    """
+    _, held, timings = perturbed_holds(dataset, protocol, config, **kwargs)
+    return held.mean(axis=1), timings
