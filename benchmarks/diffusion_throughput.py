@@ -8,7 +8,9 @@ Prints, on the local JAX device:
   training set, --n samples (DDIM-K) against the dataset's grasps of that
   group: diversity (mean pairwise wrist translation / rotation / joint RMS)
   and coverage / precision at the thresholds of `diffusion.metrics`, beside
-  the dataset's own diversity and a half-against-half coverage baseline.
+  the dataset's own diversity and a half-against-half coverage baseline
+  (the dataset: the grasps the model was trained on, after its `success`
+  and `--min-robustness` filters).
 
 Throughput does not depend on the weights, so without --checkpoint a freshly
 initialised model of the default config (or --set FIELD=VALUE) is timed.
@@ -84,6 +86,13 @@ def quality(trained, n, steps, seed):
 
     root = trained.dataset.get("root") or SHARED
     dataset = load_dexgraspnet(root)
+    # Against the grasps the model was trained on (the same label filters).
+    keep = np.ones(len(dataset), bool)
+    if trained.dataset.get("only_success") and "success" in dataset.extras:
+        keep &= dataset.extras["success"].astype(bool)
+    if trained.dataset.get("min_robustness") is not None:
+        keep &= dataset.extras["robustness"] >= trained.dataset["min_robustness"] - 1e-9
+    dataset = dataset.take(keep)
     rows, rng = [], np.random.default_rng(seed)
     for k, code in enumerate(dataset.object_codes):
         for scale in np.unique(np.round(dataset.scales[dataset.object_index == k], 6)):
