@@ -71,8 +71,10 @@ class PipelineConfig:
     # training grasps need (`diffrl train --min-robustness`; 0: all). On the
     # shared data adapted with 32 attempts and exploration, DDIM-10 samples
     # held at 0.45-0.60 trained on every kept grasp, 0.75-0.77 on those with
-    # robustness >= 0.375 and 0.82-0.93 on those >= 0.5. Off in the quick
-    # preset: its cylinder and box keep only 5-14 grasps each.
+    # robustness >= 0.375 and 0.75-0.93 on those >= 0.5 (8 copies); on the
+    # 8-attempt data at 0.60-0.83, 0.85-0.93 (>= 0.5, 8 copies) and 0.95-0.97
+    # (>= 0.5, 16 copies: a less noisy label). Off in the quick preset: its
+    # cylinder and box keep only 5-14 grasps each.
     refine_robustness: int = 0
     train_min_robustness: float = 0.0
     train_steps: int = 3000
@@ -182,7 +184,7 @@ PRESETS = {
     # The three shared DexGraspNet objects at full size, MJX on one GPU.
     "paper": PipelineConfig(dataset="", objects=(), backend="mjx", refine_preset="gpu",
                             refine_iterations=60, refine_envs=1024, refine_attempts=128,
-                            refine_robustness=8, train_min_robustness=0.5,
+                            refine_robustness=16, train_min_robustness=0.5,
                             train_steps=20000, train_batch=1024, sample_n=1024,
                             eval_poses=100, eval_candidates=1024, eval_check_top=32, videos=2),
 }

@@ -424,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     robust.add_argument("--out", required=True, help="output directory (new or empty)")
     robust.add_argument("--objects", nargs="+", metavar="CODE", help="only these object codes")
     robust.add_argument("--limit", type=positive_int, metavar="N", help="the first N grasps of each object")
-    robust.add_argument("--samples", type=positive_int, help="perturbed copies per grasp (default 8)")
+    robust.add_argument("--samples", type=positive_int, help="perturbed copies per grasp (default 16)")
     robust.add_argument("--perturb", action="append", metavar="FIELD=VALUE",
                         help="override a PerturbConfig field, e.g. --perturb translation_m=0.004")
     robust.add_argument("--threads", type=positive_int, help="threads (mujoco backend)")

@@ -47,13 +47,13 @@ PRESETS = {
                                              init_action_std=0.3,
                                              policy_hidden_sizes=(256, 256),
                                              value_hidden_sizes=(256, 256)),
-            "block": 5, "attempts": 32, "explore": 0.5, "chunk": 64, "robustness": 8},
+            "block": 5, "attempts": 32, "explore": 0.5, "chunk": 64, "robustness": 16},
     "gpu": {"backend": "mjx", "ppo": dict(num_envs=1024, num_iterations=60, num_minibatches=8,
                                           num_epochs=4, learning_rate=3e-4, entropy_cost=1e-3,
                                           init_action_std=0.3,
                                           policy_hidden_sizes=(256, 256),
                                           value_hidden_sizes=(256, 256)),
-            "block": 5, "attempts": 128, "explore": 0.5, "chunk": 1024, "robustness": 8},
+            "block": 5, "attempts": 128, "explore": 0.5, "chunk": 1024, "robustness": 16},
 }
 
 
@@ -389,7 +389,7 @@ def add_commands(commands) -> None:
                         "(action units, [-1, 1] per component; default: the preset's, 0.5)")
     p.add_argument("--robustness", type=non_negative_int, metavar="K",
                    help="label each kept grasp with the fraction of K perturbed copies that hold "
-                        "(0: no label; default: the preset's, 8)")
+                        "(0: no label; default: the preset's, 16)")
     p.add_argument("--ppo", action="append", metavar="FIELD=VALUE", help="override a PPOConfig field")
     p.add_argument("--refine", action="append", metavar="FIELD=VALUE",
                    help="override a RefineConfig field (bounds, reward scales)")

@@ -39,7 +39,7 @@ LABEL = "robustness"
 class PerturbConfig:
     """Perturbed copies per grasp and their noise (standard deviations)."""
 
-    samples: int = 8
+    samples: int = 16
     translation_m: float = 0.0025  # palm position, each object-frame axis
     rotation_rad: float = 0.04  # palm rotation, each axis of a palm-frame rotation vector
     joints_rad: float = 0.05  # each finger joint
