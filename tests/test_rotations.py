@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from diffrl_jax.data import rotations as rot
@@ -69,10 +69,18 @@ def test_euler_round_trip_in_principal_range(a, b, c):
 
 @SETTINGS
 @given(quaternion)
+@example(np.array([0.0, 0.75, 5.960464477539063e-08, 0.75]))  # cos b = 8e-8 (found by CI)
 def test_matrix_euler_matrix_round_trip(q):
     matrix = rot.quat_to_matrix(q)
     back = rot.euler_sxyz_to_matrix(rot.matrix_to_euler_sxyz(matrix))
-    np.testing.assert_allclose(back, matrix, atol=1e-12)
+    # Near gimbal lock a and c come from entries of size cos b, so each is
+    # known only to about eps / cos b, and so are the entries they rebuild
+    # (8e-8 from the lock: 1.4e-9). At the lock itself the round trip is
+    # exact again (test_gimbal_lock_round_trips_as_matrix).
+    eps = np.finfo(np.float64).eps
+    cos_b = np.hypot(matrix[0, 0], matrix[1, 0])
+    conditioning = 4 * eps / cos_b if cos_b > 4 * eps else 0.0
+    np.testing.assert_allclose(back, matrix, atol=1e-12 + conditioning)
 
 
 @SETTINGS
