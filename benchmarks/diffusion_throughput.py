@@ -83,16 +83,13 @@ def bench_training(config, model, batch, repeats):
 def quality(trained, n, steps, seed):
     from diffrl_jax.data.dexgraspnet import load_dexgraspnet
     from diffrl_jax.diffusion import metrics, pipeline
+    from diffrl_jax.diffusion.train import training_mask
 
     root = trained.dataset.get("root") or SHARED
     dataset = load_dexgraspnet(root)
     # Against the grasps the model was trained on (the same label filters).
-    keep = np.ones(len(dataset), bool)
-    if trained.dataset.get("only_success") and "success" in dataset.extras:
-        keep &= dataset.extras["success"].astype(bool)
-    if trained.dataset.get("min_robustness") is not None:
-        keep &= dataset.extras["robustness"] >= trained.dataset["min_robustness"] - 1e-9
-    dataset = dataset.take(keep)
+    dataset = dataset.take(training_mask(dataset, bool(trained.dataset.get("only_success")),
+                                         trained.dataset.get("min_robustness")))
     rows, rng = [], np.random.default_rng(seed)
     for k, code in enumerate(dataset.object_codes):
         for scale in np.unique(np.round(dataset.scales[dataset.object_index == k], 6)):

@@ -223,19 +223,15 @@ def run_training(state: TrainState, data: TrainData, config: DiffusionConfig, mo
     return state
 
 
-def grasp_training_data(dataset, config: DiffusionConfig, only_success: bool | None = None,
-                        progress: Callable[[int], None] | None = None,
-                        min_robustness: float | None = None):
-    """A GraspDataset -> (samples `[N, 31]`, conds `[M, C]`, cond_index `[N]`, groups).
+def training_mask(dataset, only_success: bool | None = None,
+                  min_robustness: float | None = None) -> np.ndarray:
+    """[N] bool: the grasps of `dataset` a model trains on.
 
-    One condition per (object, scale) pair, `groups` lists them as
-    (code, scale). `only_success`: keep grasps whose "success" label is true;
-    None means "if the dataset has that label". `min_robustness`: keep only
-    grasps whose "robustness" label (`diffrl robustness`, or `diffrl refine`)
-    is at least this.
+    `only_success`: keep grasps whose "success" label is true; None means "if
+    the dataset has that label". `min_robustness`: keep only grasps whose
+    "robustness" label (`diffrl robustness`, or `diffrl refine`) is at least
+    this. Raises `DataError` on a missing label or when nothing is left.
     """
-    from diffrl_jax.objects import encoding
-
     has_label = "success" in dataset.extras
     if only_success is None:
         only_success = has_label
@@ -257,6 +253,21 @@ def grasp_training_data(dataset, config: DiffusionConfig, only_success: bool | N
             raise DataError(f"{dataset.root}: no grasps left to train on (none of the {int(keep.sum())} "
                             f"candidates has robustness >= {min_robustness})")
         keep &= robust
+    return keep
+
+
+def grasp_training_data(dataset, config: DiffusionConfig, only_success: bool | None = None,
+                        progress: Callable[[int], None] | None = None,
+                        min_robustness: float | None = None):
+    """A GraspDataset -> (samples `[N, 31]`, conds `[M, C]`, cond_index `[N]`, groups).
+
+    One condition per (object, scale) pair, `groups` lists them as
+    (code, scale); the grasps are those of `training_mask(dataset,
+    only_success, min_robustness)`.
+    """
+    from diffrl_jax.objects import encoding
+
+    keep = training_mask(dataset, only_success, min_robustness)
     basis = encoding.bps_basis(config.encoding_points, config.encoding_radius)
     scales = np.round(dataset.scales, 6)  # DexGraspNet stores float32-rounded scales
     groups, cond_index = {}, np.zeros(len(dataset), np.int32)
