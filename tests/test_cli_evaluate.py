@@ -55,6 +55,16 @@ def test_evaluate_writes_summary_and_records(tmp_path, capsys):
     assert main(argv) == 2
     assert "already holds an evaluation" in capsys.readouterr().err
 
+    # --scale: every object at that scale (the bottle's training scales are 0.06-0.15, 0.09 is not one).
+    scaled = ["evaluate", str(ckpt), "--objects", BOTTLE, "--poses", "1", "--candidates", "2", "--backend", "mujoco",
+              "--budget-pieces", "8", "--videos", "0", "--select", "first", "--json"]
+    assert main([*scaled, "--scale", "0.09", "--out", str(tmp_path / "scaled")]) == 0
+    bottle = json.loads(capsys.readouterr().out)["objects"][BOTTLE]
+    assert bottle["scale"] == 0.09 and bottle["seen_in_training"] is False
+    assert main([*scaled, "--scale", "-1", "--out", str(tmp_path / "never")]) == 2
+    assert "--scale must be a positive number" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
 
 @pytest.mark.parametrize("argv, message", [
     (["evaluate", "/nonexistent", "--out", "/tmp/never"], "/nonexistent"),

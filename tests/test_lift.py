@@ -167,6 +167,24 @@ def test_table_clearance(setup):
         np.testing.assert_allclose(zi - lift.TABLE_TOP, dist, atol=1e-4)
 
 
+def test_clearance_matrix_is_every_grasp_in_every_pose(setup):
+    from diffrl_jax.evaluation import pose_sampling
+
+    template, poses = setup["template"], setup["poses"][0]  # the cylinder's two resting poses
+    below = CYLINDER_GRASP.copy()
+    below[2] -= 1.0
+    object_grasps = np.stack([CYLINDER_GRASP, BOX_GRASP, below]).astype(np.float32)
+    matrix = np.asarray(jax.jit(functools.partial(pose_sampling.clearance_matrix, template))(object_grasps, poses))
+    assert matrix.shape == (2, 3)
+    clearance = jax.jit(functools.partial(lift.table_clearance, template))
+    for p in range(2):
+        world = lift.grasp_to_world(object_grasps, np.broadcast_to(poses[p], (3, 7)))
+        np.testing.assert_allclose(matrix[p], np.asarray(clearance(world)), atol=1e-6)
+    np.testing.assert_allclose(matrix[:, 0], np.asarray(clearance(setup["grasps"][0])), atol=1e-5)
+    assert np.all(matrix[:, 0] > 0)  # the module's lifting grasp, as executed
+    assert np.all(matrix[:, 2] < 0)  # the cylinder stands upright: 1 m below it is under the table
+
+
 def test_good_grasps_lift(setup):
     r = setup["result"]
     assert r.success.shape == (2, 2) and r.success.dtype == bool

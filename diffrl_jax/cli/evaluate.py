@@ -168,7 +168,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     names = args.objects or list(trained.dataset.get("object_codes", []))
     if not names:
         raise ConfigError("the checkpoint names no training objects: pass --objects")
-    specs = [pipeline.resolve_object(trained, name) for name in names]  # every name checked first
+    specs = [pipeline.resolve_object(trained, name, args.scale) for name in names]  # every name checked first
     template = lift.make_template(protocol, bank.ObjectBudget(pieces=args.budget_pieces))
     media_skipped, gl_backend = ("skipped: --videos 0" if args.videos == 0 else None), None
     if media_skipped is None:  # asked before the evaluation, so the warning comes early
@@ -253,6 +253,8 @@ def add_command(commands) -> None:
     p.add_argument("checkpoint", metavar="CKPT_DIR", help="directory written by diffrl train")
     p.add_argument("--objects", nargs="+", metavar="CODE|builtin:NAME",
                    help="objects to evaluate (default: the training objects)")
+    p.add_argument("--scale", type=float,
+                   help="object scale for every object (default: each object's most common training scale)")
     p.add_argument("--poses", type=positive_int, default=100, help="resting poses per object (default 100)")
     p.add_argument("--candidates", type=positive_int, default=256,
                    help="sampled grasps per pose (default 256; most put the hand through the table)")

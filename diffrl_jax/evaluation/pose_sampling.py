@@ -190,6 +190,31 @@ def _hold_template(protocol: lift.LiftProtocol, budget: bank.ObjectBudget) -> ba
     return bank.make_template(hold_protocol_for(protocol), budget)
 
 
+def clearance_matrix(template: lift.LiftTemplate, object_grasps: jax.Array, poses: jax.Array) -> jax.Array:
+    """Object-frame grasps [N, 31], resting poses [P, 7] -> table clearance [P, N] (m).
+
+    Each grasp moved onto the object in each pose (`lift.grasp_to_world`),
+    then `lift.table_clearance`: below `table_margin_m`, the grasp would be
+    rejected in that pose.
+    """
+    world = lift.grasp_to_world(object_grasps[None], poses[:, None])
+    return lift.table_clearance(template, world)
+
+
+def settle_poses(template: lift.LiftTemplate, prepared: bank.PreparedObject, n: int, seed: int = 0,
+                 backend: str = "mjx", nthread: int | None = None) -> np.ndarray:
+    """The `n` resting poses [n, 7] that `evaluate_object` uses for `seed` (MJX or MuJoCo C)."""
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
+    if backend == "mujoco":
+        from diffrl_jax.sim import lift_mujoco
+
+        return np.asarray(lift_mujoco.settle_mujoco(template, prepared, key, n, nthread=nthread))
+    if backend != "mjx":
+        raise ConfigError(f"unknown backend {backend!r}; choose mjx or mujoco")
+    stacked = bank.stack_fields([template.fields(prepared)])
+    return np.asarray(lift.make_settle(template, n)(stacked, key[None]))[0]
+
+
 def evaluate_object(template: lift.LiftTemplate, prepared: bank.PreparedObject, sample_fn,
                     config: PoseSamplingConfig, backend: str = "mjx", nthread: int | None = None) -> dict:
     """One object through pose sampling; returns the summary and per-pose records.
@@ -203,13 +228,7 @@ def evaluate_object(template: lift.LiftTemplate, prepared: bank.PreparedObject, 
     fields = template.fields(prepared)
     stacked = bank.stack_fields([fields])
     t = time.perf_counter()
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
-    if backend == "mujoco":
-        from diffrl_jax.sim import lift_mujoco
-
-        poses = lift_mujoco.settle_mujoco(template, prepared, key, config.poses, nthread=nthread)
-    else:
-        poses = np.asarray(lift.make_settle(template, config.poses)(stacked, key[None]))[0]
+    poses = settle_poses(template, prepared, config.poses, config.seed, backend, nthread)
     timings["settle_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
