@@ -26,7 +26,7 @@ from diffrl_jax.diffusion.config import DiffusionConfig
 from diffrl_jax.diffusion.model import make_denoiser, model_kwargs
 from diffrl_jax.diffusion.train import TrainData, fit_normaliser, init_train_state, make_train_block
 from diffrl_jax.errors import ConfigError
-from diffrl_jax.experiments import scenario_sweep, seed_sweep
+from diffrl_jax.experiments import scenario_sweep, seed_sweep, table_clearance
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_MODEL = ["width=32", "depth=1", "time_dim=16", "block_steps=5", "warmup_steps=2",
@@ -268,3 +268,55 @@ def test_scenario_sweep_with_the_real_refine(example_dir, tmp_path, capsys):
         # The refine environment's raw test and `diffrl validate` agree grasp for grasp in rate.
         assert o["raw_success"] == o["raw_success_refine_env"] == summary["objects"][code]["raw_success"]
     assert scenario["timings_s"]["refine_wall_s"] > 0
+
+
+# --- experiments/table_clearance.py ---------------------------------------------------------------
+
+
+def test_clearance_stats_by_hand():
+    # 2 poses x 3 grasps (m): pose 0 has one clear grasp, pose 1 none; a margin of 0 counts as clear.
+    clearance = np.array([[0.01, -0.02, 0.0], [-0.01, -0.03, -0.001]])
+    stats = table_clearance.clearance_stats(clearance, 0.0)
+    assert stats == {"grasps": 3, "poses": 2, "clear_pairs": pytest.approx(2 / 6), "poses_with_clear": 1,
+                     "grasps_clear_somewhere": pytest.approx(2 / 3), "best_clearance_m": 0.01}
+    stricter = table_clearance.clearance_stats(clearance, 0.005)
+    assert stricter["clear_pairs"] == pytest.approx(1 / 6)
+    assert stricter["grasps_clear_somewhere"] == pytest.approx(1 / 3)
+    assert table_clearance.clearance_stats(np.zeros((4, 0)), 0.0)["poses_with_clear"] == 0
+
+
+def test_table_clearance_end_to_end(example_dir, tmp_path, capsys):
+    out = tmp_path / "clearance.json"
+    argv = [str(example_dir), "--poses", "3", "--budget-pieces", "3", "--threads", "2", "--out", str(out)]
+    assert table_clearance.main([*argv, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    assert [(r["object"], r["grasps"], r["poses"]) for r in printed["rows"]] == [
+        ("builtin-box", 6, 3), ("builtin-cylinder", 6, 3)]
+    for r in printed["rows"]:
+        assert 0 <= r["clear_pairs"] <= r["grasps_clear_somewhere"] <= 1
+        assert 0 <= r["poses_with_clear"] <= 3
+        assert (r["clear_pairs"] > 0) == (r["poses_with_clear"] > 0) == (r["best_clearance_m"] >= 0)
+    # --scales picks rows; a scale the data lacks leaves nothing, which is an error, not an empty file.
+    scale = printed["rows"][0]["scale"]
+    assert table_clearance.main([*argv, "--objects", "builtin-box", "--scales", f"{scale},9"]) == 0
+    table = capsys.readouterr().out
+    assert "builtin-box" in table and "builtin-cylinder" not in table
+    out.unlink()
+    assert table_clearance.main([*argv, "--scales", "9"]) == 2
+    assert "no grasps left" in capsys.readouterr().err and not out.exists()
+
+
+def test_table_clearance_user_errors(example_dir, tmp_path, capsys):
+    assert table_clearance.main([str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert table_clearance.main([str(example_dir), "--min-robustness", "0.5"]) == 2
+    assert "robustness" in capsys.readouterr().err
+    assert table_clearance.main([str(example_dir), "--set", "table_margn_m=0.01"]) == 2
+    assert "unknown lift protocol field" in capsys.readouterr().err
+    assert table_clearance.main([str(example_dir), "--set", "settle_s=-1"]) == 2
+    assert "settle_s" in capsys.readouterr().err
+    for bad in (["--scales", "0.1,x"], ["--scales", "-1"], ["--poses", "0"], ["--min-robustness", "2"]):
+        with pytest.raises(SystemExit) as e:
+            table_clearance.main([str(example_dir), *bad])
+        assert e.value.code == 2
