@@ -33,14 +33,13 @@ import sys
 import time
 from collections.abc import Sequence
 
-from diffrl_jax.cli.common import (non_negative_float, parse_assignments, positive_int, save_figure_atomic,
+from diffrl_jax.cli.common import (non_negative_float, parse_assignments, positive_int, run_script, save_figure_atomic,
                                    write_json_atomic)
-from diffrl_jax.errors import ConfigError, DataError, DiffrlError
+from diffrl_jax.errors import ConfigError, DataError
 
 RESULT_FILE = "scenario_sweep.json"
 PLOT_FILE = "scenario_sweep.png"
 RAW_FILE = "raw_validation.json"  # in each scenario's directory
-EXIT_USER_ERROR = 2
 FIGURES = ("raw_success", "adapted_success", "kept_fraction", "fixed_fraction", "heldout_adapted_success")
 _GRID_FIELDS = ("friction", "mass_scale")
 
@@ -298,20 +297,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from diffrl_jax import runtime
-
-    runtime.configure()
-    try:
-        result = run(args)
-    except DiffrlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_tables(result)
-    return 0
+    return run_script(argv, build_parser(), run, print_tables)
 
 
 if __name__ == "__main__":

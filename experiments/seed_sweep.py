@@ -30,12 +30,12 @@ import sys
 import time
 from collections.abc import Sequence
 
-from diffrl_jax.cli.common import (parse_assignments, positive_int, save_figure_atomic, write_json_atomic)
-from diffrl_jax.errors import ConfigError, DataError, DiffrlError
+from diffrl_jax.cli.common import (parse_assignments, positive_int, run_script, save_figure_atomic,
+                                   write_json_atomic)
+from diffrl_jax.errors import ConfigError, DataError
 
 RESULT_FILE = "seed_sweep.json"
 LOSS_PLOT = "loss_curves.png"
-EXIT_USER_ERROR = 2
 # Per-seed figures summarised over seeds, in table order.
 FIGURES = ("final_loss", "coverage", "precision", "nearest_translation_m", "diversity_translation_m",
            "diversity_rotation_rad", "diversity_joints_rms_rad", "hold_success")
@@ -291,25 +291,15 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from diffrl_jax import runtime
+def _save(args: argparse.Namespace, result: dict) -> None:
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / RESULT_FILE, result)
+    _plot_losses(result["curves"], result["seeds"], out / LOSS_PLOT)
 
-    runtime.configure()
-    try:
-        result = run(args)
-        out = pathlib.Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / RESULT_FILE, result)
-        _plot_losses(result["curves"], result["seeds"], out / LOSS_PLOT)
-    except DiffrlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        _print_table(result)
-    return 0
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_script(argv, build_parser(), run, _print_table, _save)
 
 
 if __name__ == "__main__":

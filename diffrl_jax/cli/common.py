@@ -161,3 +161,32 @@ def save_figure_atomic(fig, path, dpi: int = 100) -> None:
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
+
+
+EXIT_USER_ERROR = 2
+
+
+def run_script(argv, parser: argparse.ArgumentParser, run, show, save=None) -> int:
+    """The shell of an experiment script's `main(argv)`; returns the exit status.
+
+    Parses argv, configures JAX (`runtime.configure`), then `result =
+    run(args)` and `save(args, result)`; prints the result as JSON with
+    `--json`, else `show(result)`. A user error (`DiffrlError`) in run or
+    save prints `error: ...` and returns 2, before anything is printed.
+    """
+    args = parser.parse_args(argv)
+    from diffrl_jax import runtime
+
+    runtime.configure()
+    try:
+        result = run(args)
+        if save is not None:
+            save(args, result)
+    except DiffrlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        show(result)
+    return 0
