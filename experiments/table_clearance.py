@@ -17,7 +17,8 @@ reports
 
 - `clear_pairs`: the fraction of (pose, grasp) pairs that clear the table;
 - `poses_with_clear`: poses in which at least one grasp clears it (a pose
-  without one is a certain failure for any sampler of this data);
+  without one is a likely failure for a model of this data, whose samples
+  stay near its training grasps);
 - `grasps_clear_somewhere`: the fraction of grasps that clear it in at
   least one pose.
 
@@ -30,14 +31,13 @@ result there (atomically).
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import pathlib
 import sys
 import time
 from collections.abc import Sequence
 
-from diffrl_jax.cli.common import (parse_assignments, positive_int, run_script, unit_interval,
-                                   write_json_atomic)
+from diffrl_jax.cli.common import positive_int, run_script, unit_interval, write_json_atomic
 from diffrl_jax.errors import ConfigError
 
 
@@ -46,7 +46,7 @@ def _scales(text: str) -> tuple[float, ...]:
         values = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or not all(v > 0 and v == v and v != float("inf") for v in values):
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
         raise argparse.ArgumentTypeError(f"scales must be positive finite numbers, got {text!r}")
     return values
 
@@ -74,19 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _lift_protocol(items):
-    from diffrl_jax.sim import lift
-
-    overrides = {}
-    for field, text in parse_assignments(items, "--set").items():
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        overrides[field] = tuple(value) if isinstance(value, list) else value
-    return lift.DEFAULT.replace(**overrides)
-
-
 def clearance_stats(clearance, margin: float) -> dict:
     """clearance [P, N] (m) -> the figures of one (object, scale); plain numbers."""
     import numpy as np
@@ -107,13 +94,14 @@ def run(args: argparse.Namespace) -> dict:
     import numpy as np
     from tqdm import tqdm
 
+    from diffrl_jax.cli.evaluate import lift_protocol
     from diffrl_jax.data import dexgraspnet
     from diffrl_jax.evaluation import pose_sampling
     from diffrl_jax.objects import assets
     from diffrl_jax.sim import bank, lift
     from diffrl_jax.sim.robustness import LABEL
 
-    protocol = _lift_protocol(args.set)
+    protocol = lift_protocol(args.set)
     dataset = dexgraspnet.load_dexgraspnet(args.dataset, objects=args.objects)
     if args.min_robustness is not None:
         if LABEL not in dataset.extras:

@@ -29,7 +29,8 @@ from diffrl_jax.cli.common import parse_assignments, positive_int, write_json_at
 from diffrl_jax.errors import ConfigError, DataError
 
 
-def _lift_protocol(items):
+def lift_protocol(items):
+    """`--set FIELD=VALUE` items (values parsed as JSON where they parse) -> the default LiftProtocol with them."""
     from diffrl_jax.sim import lift
 
     overrides = {}
@@ -159,7 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise DataError(f"{out} already holds an evaluation (summary.json); choose another --out")
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a directory")
-    protocol = _lift_protocol(args.set)
+    protocol = lift_protocol(args.set)
     config = pose_sampling.PoseSamplingConfig(
         poses=args.poses, candidates=args.candidates, select=args.select, check_top=args.check_top,
         sampler=args.sampler,
