@@ -249,7 +249,8 @@ def fake_evaluation(setup, monkeypatch):
 
     monkeypatch.setattr(pipeline, "load_trained", lambda path: SimpleNamespace(dataset={}, step=0))
     monkeypatch.setattr(pipeline, "resolve_object",
-                        lambda trained, name: SimpleNamespace(code="builtin-cylinder", scale=1.0, seen=False))
+                        lambda trained, name, scale=None: SimpleNamespace(code="builtin-cylinder", scale=1.0,
+                                                                          seen=False))
     monkeypatch.setattr(cli_evaluate, "_object_asset", lambda spec: assets.builtin_object("cylinder"))
     monkeypatch.setattr(pose_sampling, "evaluate_object", evaluate_object)
     monkeypatch.setattr(cli_evaluate, "VIDEO_SIZE", SIZE)
