@@ -25,7 +25,8 @@ import sys
 import tempfile
 import time
 
-from diffrl_jax.cli.common import parse_assignments, positive_int, write_json_atomic, write_jsonl_atomic
+from diffrl_jax.cli.common import (non_negative_int, parse_assignments, positive_int, write_json_atomic,
+                                   write_jsonl_atomic)
 from diffrl_jax.errors import ConfigError, DataError
 
 
@@ -60,13 +61,6 @@ def _object_asset(spec):
 VIDEO_FPS = 30
 VIDEO_SIZE = (480, 360)  # width, height (even, as H.264 wants)
 STILL_SIZE = (640, 480)
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be an integer >= 0")
-    return value
 
 
 def file_stem(code: str, pose: int) -> str:
@@ -274,7 +268,7 @@ def add_command(commands) -> None:
                    help="convex pieces per object the compiled scene holds")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a lift protocol field")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--videos", type=_non_negative_int, default=2, metavar="N",
+    p.add_argument("--videos", type=non_negative_int, default=2, metavar="N",
                    help="per object, mp4s of the first N successes and N failures (re-run on MuJoCo C, "
                         "rendered offscreen) and PNG stills of their grasps; 0: none (default 2)")
     p.add_argument("--out", required=True, help="output directory")

@@ -12,11 +12,10 @@ import json
 import sys
 from collections.abc import Sequence
 
-from diffrl_jax.cli.common import (add_distributed_options, join_processes, parse_assignments, positive_int,
-                                   write_json_atomic, write_npz_atomic, write_text_atomic)
+from diffrl_jax.cli.common import (EXIT_USER_ERROR, add_distributed_options, join_processes, parse_assignments,
+                                   positive_int, write_json_atomic, write_npz_atomic, write_text_atomic)
 from diffrl_jax.errors import DiffrlError
 
-EXIT_USER_ERROR = 2
 
 
 def _hull_vertices(text: str) -> int | None:
