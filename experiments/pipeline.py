@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from diffrl_jax.errors import ConfigError, DataError, DiffrlError
+from diffrl_jax.overrides import parse_overrides
 
 STAGES = ("dataset", "validate", "refine", "train", "sample", "evaluate", "report")
 GROUPS = ("hold", "lift", "diffusion", "ppo")  # --set GROUP.FIELD=VALUE
@@ -153,21 +154,7 @@ class PipelineConfig:
             if name not in fields or name in GROUPS:
                 raise ConfigError(f"--set: unknown pipeline field {name!r}; fields: {', '.join(fields)}, "
                                   "or GROUP.FIELD for GROUP in " + ", ".join(GROUPS))
-            default = getattr(PipelineConfig(), name)
-            try:
-                if name == "objects":
-                    out[name] = tuple(x.strip() for x in text.split(",") if x.strip())
-                elif name == "limit":
-                    out[name] = None if text.lower() in ("none", "") else int(text)
-                elif isinstance(default, int):
-                    out[name] = int(text)
-                elif isinstance(default, float):
-                    out[name] = float(text)
-                else:
-                    out[name] = text
-            except ValueError:
-                raise ConfigError(f"--set {name}={text!r}: expected "
-                                  f"{'an integer' if isinstance(default, int) else 'a number'}") from None
+            out.update(parse_overrides(PipelineConfig, {name: text}, "pipeline"))
         return self.replace(**out)
 
     def to_json(self) -> dict:

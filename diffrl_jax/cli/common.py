@@ -57,6 +57,13 @@ def parse_assignments(items, flag: str) -> dict[str, str]:
     return out
 
 
+def typed_assignments(items, flag: str, config, what: str) -> dict:
+    """`FIELD=VALUE` strings of `flag` -> {field: value typed by the dataclass `config`'s annotations}."""
+    from diffrl_jax.overrides import parse_overrides
+
+    return parse_overrides(config, parse_assignments(items, flag), what)
+
+
 def write_text_atomic(path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename."""
     path = pathlib.Path(path)

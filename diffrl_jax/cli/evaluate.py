@@ -25,24 +25,16 @@ import sys
 import tempfile
 import time
 
-from diffrl_jax.cli.common import (non_negative_int, parse_assignments, positive_int, write_json_atomic,
+from diffrl_jax.cli.common import (non_negative_int, positive_int, typed_assignments, write_json_atomic,
                                    write_jsonl_atomic)
 from diffrl_jax.errors import ConfigError, DataError
 
 
 def lift_protocol(items):
-    """`--set FIELD=VALUE` items (values parsed as JSON where they parse) -> the default LiftProtocol with them."""
+    """`--set FIELD=VALUE` items (typed by the field) -> the default LiftProtocol with them."""
     from diffrl_jax.sim import lift
 
-    overrides = {}
-    for field, text in parse_assignments(items, "--set").items():
-        try:
-            overrides[field] = json.loads(text)
-        except json.JSONDecodeError:
-            overrides[field] = text
-        if isinstance(overrides[field], list):
-            overrides[field] = tuple(overrides[field])
-    return lift.DEFAULT.replace(**overrides)
+    return lift.DEFAULT.replace(**typed_assignments(items, "--set", lift.LiftProtocol, "lift protocol"))
 
 
 def _object_asset(spec):

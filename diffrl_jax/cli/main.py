@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 
 from diffrl_jax.cli.common import (EXIT_USER_ERROR, add_distributed_options, join_processes, parse_assignments,
-                                   positive_int, write_json_atomic, write_npz_atomic, write_text_atomic)
+                                   positive_int, typed_assignments, write_json_atomic, write_npz_atomic,
+                                   write_text_atomic)
 from diffrl_jax.errors import DiffrlError
 
 
@@ -84,20 +85,9 @@ def _cmd_data_example(args: argparse.Namespace) -> int:
 
 
 def _protocol_from_args(args: argparse.Namespace):
-    from diffrl_jax.sim.protocol import protocol
+    from diffrl_jax.sim.protocol import HoldProtocol, protocol
 
-    overrides = {}
-    for key, value in parse_assignments(args.set, "--set").items():
-        try:
-            if key == "require_contact":
-                overrides[key] = value.lower() in ("1", "true", "yes")
-            elif key == "max_contacts":
-                overrides[key] = int(value)
-            else:
-                overrides[key] = float(value)
-        except ValueError:
-            raise DiffrlError(f"--set {key}: {value!r} is not a number") from None
-    return protocol(args.protocol, **overrides)
+    return protocol(args.protocol, **typed_assignments(args.set, "--set", HoldProtocol, "protocol"))
 
 
 def _budget_from_args(args: argparse.Namespace):
@@ -228,12 +218,7 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
 
     protocol = _protocol_from_args(args)
     budget = _budget_from_args(args)
-    overrides = {}
-    for key, value in parse_assignments(args.perturb, "--perturb").items():
-        try:
-            overrides[key] = int(value) if key in ("samples", "seed") else float(value)
-        except ValueError:
-            raise DiffrlError(f"--perturb {key}: {value!r} is not a number") from None
+    overrides = typed_assignments(args.perturb, "--perturb", robustness.PerturbConfig, "robustness")
     if args.samples is not None:
         overrides["samples"] = args.samples
     config = robustness.PerturbConfig().replace(**overrides)

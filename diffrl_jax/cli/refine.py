@@ -27,9 +27,8 @@ import shutil
 import sys
 import time
 
-from diffrl_jax.cli.common import (non_negative_float, non_negative_int, parse_assignments, positive_int,
-                                   read_jsonl, save_figure_atomic, write_json_atomic, write_jsonl_atomic,
-                                   write_npz_atomic)
+from diffrl_jax.cli.common import (non_negative_float, non_negative_int, positive_int, read_jsonl, save_figure_atomic,
+                                   typed_assignments, write_json_atomic, write_jsonl_atomic, write_npz_atomic)
 from diffrl_jax.errors import ConfigError
 
 SCENARIOS = {
@@ -57,28 +56,13 @@ PRESETS = {
 }
 
 
-def _parse_value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    if "," in text or text.startswith("("):
-        return tuple(int(x) for x in text.strip("()").split(",") if x.strip())
-    return text
-
-
-def _overrides(items, flag: str) -> dict:
-    return {k: _parse_value(v) for k, v in parse_assignments(items, flag).items()}
-
-
 def _scenario(args) -> tuple[str, dict]:
     if args.scenario not in SCENARIOS:
         raise ConfigError(f"unknown scenario {args.scenario!r}; choose one of {sorted(SCENARIOS)}")
     overrides = dict(SCENARIOS[args.scenario])
-    overrides.update(_overrides(args.set, "--set"))
+    from diffrl_jax.sim.protocol import HoldProtocol
+
+    overrides.update(typed_assignments(args.set, "--set", HoldProtocol, "protocol"))
     return args.scenario, overrides
 
 
@@ -91,12 +75,12 @@ def _configs(args):
     name, overrides = _scenario(args)
     hold = protocol(args.protocol, **overrides)
     ppo_overrides = dict(preset["ppo"])
-    ppo_overrides.update(_overrides(args.ppo, "--ppo"))
+    ppo_overrides.update(typed_assignments(args.ppo, "--ppo", ppo.PPOConfig, "PPO config"))
     if args.iterations is not None:
         ppo_overrides["num_iterations"] = args.iterations
     if args.envs is not None:
         ppo_overrides["num_envs"] = args.envs
-    refine_overrides = _overrides(args.refine, "--refine")
+    refine_overrides = typed_assignments(args.refine, "--refine", RefineConfig, "refine config")
     if args.steps is not None:
         refine_overrides["steps"] = args.steps
     refine_config = RefineConfig().replace(**refine_overrides)

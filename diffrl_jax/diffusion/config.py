@@ -106,14 +106,6 @@ class DiffusionConfig:
 
     def with_overrides(self, items: Mapping[str, str]) -> "DiffusionConfig":
         """A copy with fields set from strings (CLI `--set FIELD=VALUE`), parsed by field type."""
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        changes = {}
-        for name, text in items.items():
-            if name not in fields:
-                raise ConfigError(f"unknown diffusion config field {name!r}; known: {sorted(fields)}")
-            kind = type(getattr(self, name))
-            try:
-                changes[name] = kind(text)
-            except ValueError:
-                raise ConfigError(f"{name}: {text!r} is not a valid {kind.__name__}") from None
-        return dataclasses.replace(self, **changes).validate()
+        from diffrl_jax.overrides import parse_overrides
+
+        return dataclasses.replace(self, **parse_overrides(self, items, "diffusion config")).validate()

@@ -1,0 +1,96 @@
+"""Text overrides of config dataclasses (`--set FIELD=VALUE`), typed by each field's annotation.
+
+Every CLI flag and experiment script that sets config fields from text goes
+through `parse_overrides`, so `--set friction=0.5`, `--ppo hidden_sizes=64,64`
+and `--set limit=none` mean the same thing everywhere:
+
+- `bool`: true/false, yes/no, on/off, 1/0 (any case);
+- `int`, `float`: Python's literals (`inf` for a float);
+- `str`: the text as given;
+- `tuple[T, ...]` and `tuple[T1, T2]`: comma-separated values, optionally in
+  `()` or `[]`;
+- `T | None`: `none` (or `null`) for None, else a `T`.
+
+A value that does not parse, or a field the config lacks, is a `ConfigError`
+naming the field and the config. Range checks stay with the config's own
+`validate()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from diffrl_jax.errors import ConfigError, check_fields
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+_NONE = ("none", "null")
+
+
+@functools.lru_cache(maxsize=None)
+def field_types(cls: type) -> dict[str, Any]:
+    """{field: resolved annotation} of the dataclass `cls`."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _split(text: str) -> list[str]:
+    text = text.strip()
+    if text[:1] in "([" and text[-1:] in ")]":
+        text = text[1:-1]
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_value(text: str, kind: Any, label: str) -> Any:
+    """`text` as a value of the annotation `kind`; `label` names the field in errors."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) != len(args) and text.strip().lower() in _NONE:
+            return None
+        if len(inner) != 1:
+            raise TypeError(f"{label}: unsupported annotation {kind}")
+        return parse_value(text, inner[0], label)
+    if origin is tuple:
+        items = _split(text)
+        if len(args) == 2 and args[1] is Ellipsis:
+            kinds = [args[0]] * len(items)
+        else:
+            if len(items) != len(args):
+                raise ConfigError(f"{label}: expected {len(args)} comma-separated values, got {text!r}")
+            kinds = list(args)
+        return tuple(parse_value(item, k, label) for item, k in zip(items, kinds))
+    if kind is bool:
+        low = text.strip().lower()
+        if low in _TRUE or low in _FALSE:
+            return low in _TRUE
+        raise ConfigError(f"{label}: {text!r} is not a boolean (true or false)")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{label}: {text!r} is not an integer") from None
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{label}: {text!r} is not a number") from None
+    if kind is str:
+        return text
+    raise TypeError(f"{label}: unsupported annotation {kind}")
+
+
+def parse_overrides(config: Any, items: Mapping[str, str], what: str) -> dict[str, Any]:
+    """`{field: text}` -> `{field: typed value}` for the dataclass (or instance) `config`.
+
+    `what` names the config in messages ("protocol", "PPO config", ...).
+    """
+    cls = config if isinstance(config, type) else type(config)
+    check_fields(cls, items, what)
+    kinds = field_types(cls)
+    return {name: parse_value(text, kinds[name], f"{what} field {name}") for name, text in items.items()}
