@@ -31,24 +31,12 @@ result there (atomically).
 from __future__ import annotations
 
 import argparse
-import math
-import pathlib
 import sys
 import time
 from collections.abc import Sequence
 
-from diffrl_jax.cli.common import positive_int, run_script, unit_interval, write_json_atomic
+from diffrl_jax.cli.common import positive_floats, positive_int, run_script, save_json_result, unit_interval
 from diffrl_jax.errors import ConfigError
-
-
-def _scales(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or not all(math.isfinite(v) and v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"scales must be positive finite numbers, got {text!r}")
-    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help="DexGraspNet-format dataset directory")
     parser.add_argument("--objects", nargs="+", metavar="CODE", help="only these object codes")
-    parser.add_argument("--scales", type=_scales, metavar="S,S,...",
+    parser.add_argument("--scales", type=positive_floats, metavar="S,S,...",
                         help="only these scales (default: every scale of each object)")
     parser.add_argument("--poses", type=positive_int, default=20, help="resting poses per object (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="settling seed (diffrl evaluate's --seed)")
@@ -147,11 +135,7 @@ def _print_table(result: dict) -> None:
 
 def _save(args: argparse.Namespace, result: dict) -> None:
     if args.out:
-        out = pathlib.Path(args.out)
-        if out.is_dir():
-            raise ConfigError(f"--out {out} is a directory; give a file name")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out, result)
+        save_json_result(args.out, result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ cached). Set DIFFRL_TEST_REFINE_SWEEP=1 to run the sweep with the real
 refine as well.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -26,7 +27,7 @@ from diffrl_jax.diffusion.config import DiffusionConfig
 from diffrl_jax.diffusion.model import make_denoiser, model_kwargs
 from diffrl_jax.diffusion.train import TrainData, fit_normaliser, init_train_state, make_train_block
 from diffrl_jax.errors import ConfigError
-from diffrl_jax.experiments import scenario_sweep, seed_sweep, table_clearance
+from diffrl_jax.experiments import hold_by_scale, random_corrections, scenario_sweep, seed_sweep, table_clearance
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_MODEL = ["width=32", "depth=1", "time_dim=16", "block_steps=5", "warmup_steps=2",
@@ -320,3 +321,100 @@ def test_table_clearance_user_errors(example_dir, tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             table_clearance.main([str(example_dir), *bad])
         assert e.value.code == 2
+
+
+# --- experiments/hold_by_scale.py -----------------------------------------------------------------
+
+
+def test_scale_rows_group_by_object_and_scale(example_dir):
+    from diffrl_jax.data.dexgraspnet import load_dexgraspnet
+
+    dataset = load_dexgraspnet(example_dir)
+    n = len(dataset)
+    dataset = dataclasses.replace(dataset, scales=np.where(np.arange(n) % 2 == 0, 0.05, 0.1))
+    rows = {"done": np.ones(n, bool), "success": np.arange(n) % 4 == 0,
+            "held": np.zeros((n, 6), bool), "penetration_mm": np.arange(n, dtype=float)}
+    rows["held"][:, 0] = rows["success"]
+    rows["done"][-1] = False  # a row no process ran is left out
+    got = hold_by_scale.scale_rows(dataset, rows)
+    expected = []
+    for k, code in enumerate(dataset.object_codes):
+        for scale in (0.05, 0.1):
+            m = (dataset.object_index == k) & (dataset.scales == scale) & rows["done"]
+            expected.append((code, scale, int(m.sum()), float(rows["success"][m].mean()),
+                             float(np.median(np.flatnonzero(m)))))
+    assert [(r["object"], r["scale"], r["n"], r["success_rate"], r["penetration_mm_median"])
+            for r in got] == expected
+    assert all(r["direction_success"][0] == r["success_rate"] and r["direction_success"][1] == 0 for r in got)
+
+
+def test_hold_by_scale_end_to_end(example_dir, tmp_path, capsys):
+    out = tmp_path / "by_scale.json"
+    argv = [str(example_dir), "--budget-pieces", "3", "--threads", "2", "--limit", "3", *_flags("--set", QUICK_HOLD)]
+    assert hold_by_scale.main([*argv, "--out", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    assert printed["protocol"]["hold_s"] == 0.1 and printed["backend"] == "mujoco"
+    assert [(r["object"], r["n"]) for r in printed["rows"]] == [("builtin-box", 3), ("builtin-cylinder", 3)]
+    for r in printed["rows"]:  # one scale per built-in object: its row is the object's rate
+        assert r["success_rate"] == printed["objects"][r["object"]]
+        assert len(r["direction_success"]) == 6 and r["penetration_mm_median"] >= 0
+    assert hold_by_scale.main(argv) == 0
+    assert "builtin-cylinder" in capsys.readouterr().out
+
+
+def test_hold_by_scale_user_errors(example_dir, tmp_path, capsys):
+    out = tmp_path / "never.json"
+    for bad, message in ((["--set", "impratio=lots", "--out", str(out)], "impratio: 'lots' is not a number"),
+                         (["--set", "frition=1", "--out", str(out)], "unknown protocol field"),
+                         (["--protocol", "isaac", "--out", str(out)], "unknown protocol"),
+                         (["--out", str(tmp_path)], "is a directory")):
+        assert hold_by_scale.main([str(example_dir), "--limit", "1", "--budget-pieces", "3", *bad]) == 2
+        assert message in capsys.readouterr().err and not out.exists()
+    assert hold_by_scale.main([str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+# --- experiments/random_corrections.py ------------------------------------------------------------
+
+
+def test_fixed_by_counts_a_failure_once_its_first_hold_is_within_k():
+    held = np.array([[0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 1, 1, 1]], bool)
+    assert random_corrections.attempt_counts(4) == [1, 2, 4]
+    assert random_corrections.attempt_counts(6) == [1, 2, 4, 6]
+    assert random_corrections.attempt_counts(1) == [1]
+    assert random_corrections.fixed_by(held, [1, 2, 4]) == {"1": 0.25, "2": 0.5, "4": 0.75}
+    assert random_corrections.fixed_by(np.zeros((0, 4), bool), [1, 4]) == {"1": 0.0, "4": 0.0}
+
+
+def test_random_actions_depend_only_on_seed_and_row():
+    a = random_corrections.random_actions(np.array([3, 7]), 5, 29, 0.5, seed=1)
+    b = random_corrections.random_actions(np.array([7]), 5, 29, 0.5, seed=1)
+    assert a.shape == (2, 5, 29) and np.array_equal(a[1], b[0])
+    assert not np.array_equal(a[0], a[1])
+    assert not np.array_equal(a, random_corrections.random_actions(np.array([3, 7]), 5, 29, 0.5, seed=2))
+    assert np.abs(a).max() <= 1.0 and np.abs(a).max() > 0.5  # clipped, not squashed
+    assert not random_corrections.random_actions(np.array([3]), 2, 29, 0.0, seed=1).any()
+
+
+def test_random_corrections_end_to_end(example_dir, tmp_path, capsys):
+    out = tmp_path / "rc.json"
+    argv = [str(example_dir), "--failures", "2", "--attempts", "3", "--budget-pieces", "3", "--threads", "2",
+            *_flags("--set", QUICK_HOLD), "--out", str(out)]
+    assert random_corrections.main([*argv, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    assert [(r["object"], r["grasps"]) for r in printed["rows"]] == [("builtin-box", 6), ("builtin-cylinder", 6)]
+    for r in printed["rows"]:
+        assert r["failures"] == min(2, round(6 * (1 - r["raw_success"])))
+        fixed = list(r["fixed_by_attempts"].values())
+        assert list(r["fixed_by_attempts"]) == ["1", "2", "3"] and fixed == sorted(fixed)
+        assert all(0 <= v <= 1 for v in fixed)
+    assert printed["hold_tests"] == 12 + 3 * sum(r["failures"] for r in printed["rows"])
+    out.unlink()
+    assert random_corrections.main([*argv[:-2], "--scales", "9"]) == 2
+    assert "no grasps at the given --scales" in capsys.readouterr().err
+    assert random_corrections.main([*argv, "--set", "friction=-1"]) == 2
+    assert "friction" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit):
+        random_corrections.main([str(example_dir), "--attempts", "0"])

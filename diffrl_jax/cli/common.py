@@ -46,6 +46,17 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def positive_floats(text: str) -> tuple[float, ...]:
+    """argparse type: comma-separated positive finite numbers (e.g. object scales)."""
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive finite numbers, got {text!r}")
+    return values
+
+
 def parse_assignments(items, flag: str) -> dict[str, str]:
     """`FIELD=VALUE` strings of a repeatable option -> {field: value text}."""
     out = {}
@@ -81,6 +92,15 @@ def write_text_atomic(path, text: str) -> None:
 
 def write_json_atomic(path, payload: dict) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2))
+
+
+def save_json_result(out, payload: dict) -> None:
+    """A script's `--out FILE.json`: parents made, written atomically; a directory is a user error."""
+    out = pathlib.Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; give a file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out, payload)
 
 
 def write_jsonl_atomic(path, records: list[dict]) -> None:

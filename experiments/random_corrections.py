@@ -1,0 +1,169 @@
+"""How many raw failures can corrections within the refiner's bounds fix? Random search as a yardstick.
+
+    python experiments/random_corrections.py DATASET [--scales 0.12,0.15] [--failures 16] [--attempts 128]
+
+The refiner (`diffrl refine`) keeps a failed grasp when one of its K
+attempts, each a bounded correction (`refine_env.correct`: palm +-2 cm,
++-0.2 rad, joints +-0.3 rad, closure), holds. This script asks the same
+question without a policy: for the first `--failures` raw failures of each
+object and scale, `--attempts` corrections drawn at random (each action
+component N(0, `--std`^2), clipped to [-1, 1], as the refiner's exploration
+noise around a zero policy) are hold-tested, and it reports the share of
+failures fixed by the first k attempts for k = 1, 2, 4, ... If random
+search at the GPU preset's 128 attempts fixes few failures of a scale, no
+attempt budget will, and the limit is in the bounds or the physics.
+
+It prints one row per object and scale (`--json`: one JSON object) and,
+with `--out FILE.json`, writes the result there (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from diffrl_jax.cli.common import (non_negative_float, positive_floats, positive_int, run_script, save_json_result,
+                                   typed_assignments)
+from diffrl_jax.errors import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="random_corrections", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", help="DexGraspNet-format dataset directory")
+    parser.add_argument("--objects", nargs="+", metavar="CODE", help="only these object codes")
+    parser.add_argument("--scales", type=positive_floats, metavar="S,S,...",
+                        help="only these scales (default: every scale)")
+    parser.add_argument("--failures", type=positive_int, default=16, metavar="N",
+                        help="raw failures per object and scale (the first N; default 16)")
+    parser.add_argument("--attempts", type=positive_int, default=128, metavar="K",
+                        help="random corrections per failure (default 128)")
+    parser.add_argument("--std", type=non_negative_float, default=0.5,
+                        help="standard deviation of each action component (default 0.5)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--protocol", default="strict", help="hold protocol preset (default strict)")
+    parser.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a protocol field")
+    parser.add_argument("--budget-pieces", type=positive_int, default=32, metavar="P")
+    parser.add_argument("--threads", type=positive_int, help="MuJoCo C threads")
+    parser.add_argument("--out", metavar="FILE.json", help="write the result here")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    return parser
+
+
+def fixed_by(held, ks: Sequence[int]) -> dict[str, float]:
+    """held [n, K] (attempt j of failure i holds) -> {k: share of failures fixed by the first k}."""
+    import numpy as np
+
+    held = np.asarray(held, bool)
+    if held.shape[0] == 0:
+        return {str(k): 0.0 for k in ks}
+    return {str(k): float(held[:, :k].any(axis=1).mean()) for k in ks}
+
+
+def attempt_counts(attempts: int) -> list[int]:
+    """1, 2, 4, ... up to and including `attempts`."""
+    ks, k = [], 1
+    while k < attempts:
+        ks.append(k)
+        k *= 2
+    return ks + [attempts]
+
+
+def random_actions(rows, attempts: int, action_size: int, std: float, seed: int):
+    """[n, K, A] actions for dataset rows `rows`: N(0, std^2) clipped to [-1, 1]; row i's draw
+    depends only on (seed, i), so a failure gets the same corrections in any selection."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    def one(row):
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), row)
+        return jnp.clip(std * jax.random.normal(key, (attempts, action_size)), -1.0, 1.0)
+
+    return np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(rows, jnp.int32)))
+
+
+def run(args: argparse.Namespace) -> dict:
+    import dataclasses
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from diffrl_jax.data import dexgraspnet
+    from diffrl_jax.rl import refine_env
+    from diffrl_jax.sim import bank, validate
+    from diffrl_jax.sim.protocol import HoldProtocol, protocol
+
+    hold = protocol(args.protocol, **typed_assignments(args.set, "--set", HoldProtocol, "protocol"))
+    budget = bank.ObjectBudget(pieces=args.budget_pieces).validate()
+    dataset = dexgraspnet.load_dexgraspnet(args.dataset, objects=args.objects)
+    rows = np.arange(len(dataset))
+    if args.scales is not None:
+        rows = rows[np.isclose(dataset.scales[:, None], np.asarray(args.scales)[None], rtol=1e-4).any(axis=1)]
+    if rows.size == 0:
+        raise ConfigError("no grasps at the given --scales")
+    start = time.perf_counter()
+    subset = dataset.take(rows)
+    with tqdm(total=len(subset), desc="raw hold tests", unit="grasp", file=sys.stderr, disable=None) as bar:
+        _, raw = validate.validate_dataset(subset, hold, backend="mujoco", budget=budget, nthread=args.threads,
+                                           progress=bar.update)
+    chosen = []  # subset rows: the first N failures of each (object, scale)
+    for k in range(len(subset.object_codes)):
+        for scale in np.unique(subset.scales[subset.object_index == k]):
+            group = np.flatnonzero((subset.object_index == k) & (subset.scales == scale) & ~raw["success"])
+            chosen.extend(group[:args.failures].tolist())
+    chosen = np.asarray(chosen, np.int64)
+    config = refine_env.RefineConfig()
+    held = np.zeros((chosen.size, args.attempts), bool)
+    if chosen.size:
+        actions = random_actions(rows[chosen], args.attempts, refine_env.ACTION_SIZE, args.std, args.seed)
+        start_grasps = np.repeat(subset.grasps[chosen], args.attempts, axis=0).astype(np.float32)
+        grasps = np.asarray(refine_env.correct(start_grasps, actions.reshape(-1, actions.shape[-1]), config),
+                            np.float64)
+        tries = dataclasses.replace(subset.take(np.repeat(chosen, args.attempts)), grasps=grasps, extras={})
+        with tqdm(total=len(tries), desc="corrections", unit="grasp", file=sys.stderr, disable=None) as bar:
+            _, result = validate.validate_dataset(tries, hold, backend="mujoco", budget=budget,
+                                                  nthread=args.threads, progress=bar.update)
+        held = np.asarray(result["success"], bool).reshape(chosen.size, args.attempts)
+    ks = attempt_counts(args.attempts)
+    out_rows = []
+    for k, code in enumerate(subset.object_codes):
+        for scale in np.unique(subset.scales[subset.object_index == k]):
+            group = (subset.object_index == k) & (subset.scales == scale)
+            mine = group[chosen]
+            out_rows.append({
+                "object": code, "scale": float(scale), "grasps": int(group.sum()),
+                "raw_success": float(raw["success"][group].mean()), "failures": int(mine.sum()),
+                "fixed_by_attempts": fixed_by(held[mine], ks),
+            })
+    return {
+        "dataset": str(args.dataset), "protocol": validate.protocol_json(hold), "attempts": args.attempts,
+        "std": args.std, "seed": args.seed, "bounds": config.to_json(), "rows": out_rows,
+        "hold_tests": int(len(subset) + held.size), "seconds": time.perf_counter() - start,
+    }
+
+
+def _print_table(result: dict) -> None:
+    ks = list(result["rows"][0]["fixed_by_attempts"]) if result["rows"] else []
+    print(f"{'object':<44} {'scale':>6} {'raw':>6} {'failures':>8}  fixed by the first k attempts, k = "
+          + " ".join(ks))
+    for r in result["rows"]:
+        fixed = " ".join(f"{v:.2f}" for v in r["fixed_by_attempts"].values())
+        print(f"{r['object'][:44]:<44} {r['scale']:>6.3g} {r['raw_success']:>6.3f} {r['failures']:>8}  {fixed}")
+    print(f"{result['hold_tests']} hold tests, {result['seconds']:.0f} s")
+
+
+def _save(args: argparse.Namespace, result: dict) -> None:
+    if args.out:
+        save_json_result(args.out, result)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_script(argv, build_parser(), run, _print_table, _save)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
