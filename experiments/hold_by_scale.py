@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from diffrl_jax.cli.common import positive_int, run_script, save_json_result, typed_assignments
+from diffrl_jax.cli.common import positive_int, run_script, save_out_json, typed_assignments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,13 +103,8 @@ def _print_table(result: dict) -> None:
     print(f"{result['seconds']:.0f} s")
 
 
-def _save(args: argparse.Namespace, result: dict) -> None:
-    if args.out:
-        save_json_result(args.out, result)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_script(argv, build_parser(), run, _print_table, _save)
+    return run_script(argv, build_parser(), run, _print_table, save_out_json)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,12 @@ def save_json_result(out, payload: dict) -> None:
     write_json_atomic(out, payload)
 
 
+def save_out_json(args: argparse.Namespace, result: dict) -> None:
+    """`run_script`'s save for scripts whose only file is `--out FILE.json` (optional)."""
+    if args.out:
+        save_json_result(args.out, result)
+
+
 def write_jsonl_atomic(path, records: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
