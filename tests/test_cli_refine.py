@@ -15,7 +15,7 @@ ARGS = ["--objects", BOTTLE, "--limit", "6", "--iterations", "4", "--block", "2"
         "--attempts", "2", "--budget-pieces", "3", "--set", "settle_s=0.02", "--set", "hold_s=0.1",
         "--ppo", "num_minibatches=2", "--ppo", "policy_hidden_sizes=32,32",
         "--ppo", "value_hidden_sizes=32,32", "--heldout", "0.34", "--threads", "2",
-        "--robustness", "2"]
+        "--robustness", "2", "--rounds", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,11 @@ def test_refine_writes_every_output(run):
     # Kept = refined or already holding; the summary's fractions come from these arrays.
     np.testing.assert_array_equal(adaptation["keep"], adaptation["refined"] | adaptation["raw_success"])
     assert r["kept_fraction"] == pytest.approx(adaptation["keep"].mean())
+    # Two rounds of two attempts: a second round only for raw failures the first did not fix.
+    assert summary["rounds"] == 2 and json.loads((run / "run.json").read_text())["rounds"] == 2
+    assert set(np.unique(adaptation["attempts"])) <= {2, 4}
+    assert (adaptation["attempts"][adaptation["raw_success"]] == 2).all()
+    assert r["attempts_mean"] == pytest.approx(adaptation["attempts"].mean())
     if adaptation["keep"].any():
         from diffrl_jax.data.dexgraspnet import load_dexgraspnet
 

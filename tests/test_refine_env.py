@@ -198,3 +198,56 @@ def test_nan_action_is_contained(jitted):
     action = jnp.zeros((B, ACTION_SIZE)).at[0].set(jnp.nan)
     nxt = step(state, action)
     assert bool(jnp.isfinite(nxt.reward).all()) and bool(jnp.isfinite(nxt.obs).all())
+
+
+def test_adapt_rounds_search_again_only_where_nothing_held(monkeypatch):
+    """`adapt(rounds=R)`: raw failures that no attempt fixed get more rounds of fresh keys,
+    a row leaves the search once one of its attempts holds, and round 1 is the plain adapt."""
+    import types
+
+    n, k_attempts, chunk, salt = 10, 2, 4, refine._ROUND_SALT
+    needed = np.array([99, 99, 0, 0, 1, 1, 2, 2, 3, 9])  # first round in which a row's attempts hold
+    raw = np.arange(n) < 2  # rows 0 and 1 hold as they are
+    key = jax.random.PRNGKey(5)
+    round_of = {}  # the round each key adapt may pass belongs to
+    for k in range(n):  # more chunk indices than any round uses
+        round_of[tuple(np.asarray(jax.random.fold_in(key, k)).tolist())] = 0
+        for r in range(1, 4):
+            rk = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, salt), r), k)
+            round_of[tuple(np.asarray(rk).tolist())] = r
+    calls = []
+
+    def attempts_fn(rows, key_):
+        r = round_of[tuple(np.asarray(key_).tolist())]
+        rows = np.asarray(rows)
+        calls.append((r, sorted(set(rows.tolist()))))
+        ok = np.repeat((needed[rows] <= r)[:, None], k_attempts, axis=1)
+        grasps = np.zeros((len(rows), k_attempts, 31)) + (100.0 * r + rows)[:, None, None]
+        return grasps, ok, ok.astype(np.float32)
+
+    monkeypatch.setattr(refine, "make_raw_test",
+                        lambda env: lambda rows: (raw[np.asarray(rows)], np.zeros(len(rows), np.float32), None))
+    class _Dataset:
+        grasps = -np.ones((n, 31))
+
+        def __len__(self):
+            return n
+
+    problem = types.SimpleNamespace(dataset=_Dataset())
+    seen = []
+    out = refine.adapt(problem, None, attempts_fn, key, chunk=chunk, rounds=3,
+                       on_round=lambda r, rows: seen.append((r, rows)))
+    assert seen == [(1, 6), (2, 4)]  # rows 4-9 are left after round 0, rows 6-9 after round 1
+    assert all(set(rows) <= set(range(4, 10)) for r, rows in calls if r == 1)
+    assert all(set(rows) <= set(range(6, 10)) for r, rows in calls if r == 2)
+    fixed = np.arange(n)[2:8]
+    np.testing.assert_array_equal(np.flatnonzero(out.refined), fixed)
+    np.testing.assert_array_equal(out.keep, raw | out.refined)
+    np.testing.assert_array_equal(out.grasps[fixed, 0], 100.0 * needed[fixed] + fixed)  # from the round that held
+    np.testing.assert_array_equal(out.grasps[~out.refined], -1.0)  # originals kept or dropped as they were
+    np.testing.assert_array_equal(out.attempts, k_attempts * np.array([1, 1, 1, 1, 2, 2, 3, 3, 3, 3]))
+    once = refine.adapt(problem, None, attempts_fn, key, chunk=chunk)  # rounds=1: no second look
+    np.testing.assert_array_equal(np.flatnonzero(once.refined), [2, 3])
+    assert (once.attempts == k_attempts).all()
+    with pytest.raises(ConfigError, match="rounds"):
+        refine.adapt(problem, None, attempts_fn, key, rounds=0)

@@ -10,7 +10,7 @@ library's pure functions. OUTDIR holds:
     learning_curve.png  success and reward against environment steps
     adapted/            the adapted dataset (DexGraspNet format, with labels
                         success, refined, heldout, source_index)
-    adaptation.npz      per raw grasp: raw_success, success, keep, refined, heldout
+    adaptation.npz      per raw grasp: raw_success, success, keep, refined, heldout, attempts
     summary.json        the per-object figures (also printed by --json)
 
 Training runs in blocks of iterations (one compiled `lax.scan` each) with a
@@ -102,6 +102,8 @@ def _run_record(args, scenario, hold, ppo_config, refine_config, backend, preset
         "heldout_fraction": args.heldout, "budget_pieces": args.budget_pieces,
         "block": args.block or preset["block"], "attempts": args.attempts or preset["attempts"],
         "explore": _explore(args, preset), "robustness": _robustness_samples(args, preset),
+        # Recorded only when used, so runs from before --rounds still resume.
+        **({"rounds": args.rounds} if (args.rounds or 1) > 1 else {}),
     }
 
 
@@ -274,13 +276,18 @@ def cmd_refine(args: argparse.Namespace) -> int:
     attempts = args.attempts or preset["attempts"]
     explore = _explore(args, preset)
     attempts_fn = refine.make_attempts(env_all, deterministic, stochastic, attempts, explore)
+    rounds = args.rounds or 1
     with tqdm(total=len(dataset), desc="adapting", unit="grasp", file=sys.stderr, disable=None) as bar:
+        def on_round(round_, rows):
+            bar.total += rows
+            bar.set_description(f"adapting (round {round_ + 1}: {rows} unfixed failures)")
+
         adapted = refine.adapt(problem, env_all, attempts_fn, jax.random.fold_in(key, 1 << 20),
-                               chunk=preset["chunk"], progress=bar.update)
+                               chunk=preset["chunk"], progress=bar.update, rounds=rounds, on_round=on_round)
     timings["adapt_s"] = time.perf_counter() - t
     write_npz_atomic(out / "adaptation.npz", dict(
         raw_success=adapted.raw_success, success=adapted.success, keep=adapted.keep,
-        refined=adapted.refined, heldout=problem.heldout, grasps=adapted.grasps))
+        refined=adapted.refined, heldout=problem.heldout, grasps=adapted.grasps, attempts=adapted.attempts))
 
     adapted_ds, labels = refine.adapted_dataset(problem, adapted)
     samples = _robustness_samples(args, preset)
@@ -316,7 +323,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
             values = labels[robustness.LABEL][kept_codes == code]
             entry["kept_robustness_mean"] = float(values.mean()) if len(values) else None
     result.update(scenario=scenario, backend=backend, device=device_name(backend),
-                  attempts=attempts, explore=explore, timings_s=timings,
+                  attempts=attempts, rounds=rounds, explore=explore, timings_s=timings,
                   train_env_steps=int(ppo_config.num_iterations * ppo_config.num_envs
                                       * ppo_config.unroll_length))
     write_json_atomic(out / "summary.json", result)
@@ -368,6 +375,9 @@ def add_commands(commands) -> None:
                    help="PPO iterations per compiled block and checkpoint (default: the preset's)")
     p.add_argument("--attempts", type=positive_int,
                    help="episodes per grasp when adapting (default: the preset's)")
+    p.add_argument("--rounds", type=positive_int, metavar="R",
+                   help="adaptation rounds: raw failures that no attempt fixed get up to R - 1 more rounds "
+                        "of --attempts attempts each, stopping once one holds (default 1)")
     p.add_argument("--explore", type=non_negative_float, metavar="STD",
                    help="when adapting, Gaussian noise added to the sampled attempts' actions "
                         "(action units, [-1, 1] per component; default: the preset's, 0.5)")

@@ -223,40 +223,77 @@ class Adapted:
     grasps: np.ndarray
     raw_reward: np.ndarray
     reward: np.ndarray
+    attempts: np.ndarray | None = None  # [N] attempts run on each row (K per round it took part in)
+
+
+# Round r > 0 of `adapt` draws its keys from fold_in(fold_in(key, _ROUND_SALT), r): apart
+# from the first round's fold_in(key, chunk index) for any chunk count.
+_ROUND_SALT = 0x7FFF0000
+
+
+def _best_attempts(g, s, rew):
+    """Per row of attempts [B, K]: the best holding attempt (highest reward), else the best one."""
+    score = np.where(s, rew, -np.inf)
+    best = np.argmax(np.where(s.any(1, keepdims=True), score, rew), axis=1)
+    pick = np.arange(len(best))
+    return g[pick, best], s[pick, best], rew[pick, best]
 
 
 def adapt(problem: Problem, env_all: refine_env.RefineEnv, attempts_fn, key: jax.Array,
-          chunk: int = 64, progress: Callable[[int], None] | None = None) -> Adapted:
+          chunk: int = 64, progress: Callable[[int], None] | None = None, rounds: int = 1,
+          on_round: Callable[[int, int], None] | None = None) -> Adapted:
     """Raw test and `attempts_fn` (see `make_attempts`) on every dataset row.
 
     `env_all` must be the environment over all rows in dataset order
-    (`make_env(problem, config, backend, rows=np.arange(N))`).
+    (`make_env(problem, config, backend, rows=np.arange(N))`). With `rounds`
+    R > 1, the raw failures none of whose attempts held get up to R - 1 more
+    rounds of K attempts each (fresh keys), stopping early for a row once one
+    holds: the search spends its budget where it is needed. `on_round(r,
+    rows)` is called before extra round r with the number of rows it runs;
+    `progress` counts rows done in every round.
     """
+    if rounds < 1:
+        raise ConfigError(f"rounds must be at least 1, got {rounds}")
     n = len(problem.dataset)
+    k_attempts = None
     raw_fn = make_raw_test(env_all)
     raw_success, raw_reward = np.zeros(n, bool), np.zeros(n, np.float32)
     success, reward = np.zeros(n, bool), np.zeros(n, np.float32)
+    attempts = np.zeros(n, np.int64)
     grasps = np.array(problem.dataset.grasps, np.float64)
     corrected = np.zeros_like(grasps)
     for k, (rows, padded) in enumerate(_chunks(n, chunk)):
         ok, r, _ = jax.device_get(raw_fn(jnp.asarray(padded, jnp.int32)))
         raw_success[rows], raw_reward[rows] = ok[:len(rows)], r[:len(rows)]
         g, s, rew = jax.device_get(attempts_fn(jnp.asarray(padded, jnp.int32), jax.random.fold_in(key, k)))
-        g, s, rew = g[:len(rows)], s[:len(rows)], rew[:len(rows)]
-        # The best holding attempt (highest reward), else the best attempt.
-        score = np.where(s, rew, -np.inf)
-        best = np.argmax(np.where(s.any(1, keepdims=True), score, rew), axis=1)
-        pick = np.arange(len(rows))
-        success[rows] = s[pick, best]
-        reward[rows] = rew[pick, best]
-        corrected[rows] = g[pick, best]
+        k_attempts = s.shape[1]
+        corrected[rows], success[rows], reward[rows] = _best_attempts(g[:len(rows)], s[:len(rows)],
+                                                                      rew[:len(rows)])
+        attempts[rows] += k_attempts
         if progress:
             progress(len(rows))
+    for round_ in range(1, rounds):
+        left = np.flatnonzero(~success & ~raw_success)
+        if left.size == 0:
+            break
+        if on_round:
+            on_round(round_, int(left.size))
+        round_key = jax.random.fold_in(jax.random.fold_in(key, _ROUND_SALT), round_)
+        for k, (idx, padded) in enumerate(_chunks(left.size, chunk)):
+            rows = left[idx]
+            g, s, rew = jax.device_get(attempts_fn(jnp.asarray(left[padded], jnp.int32),
+                                                   jax.random.fold_in(round_key, k)))
+            g, s, rew = _best_attempts(g[:len(rows)], s[:len(rows)], rew[:len(rows)])
+            better = s | (rew > reward[rows])  # no row here has held yet
+            corrected[rows[better]], success[rows[better]], reward[rows[better]] = g[better], s[better], rew[better]
+            attempts[rows] += k_attempts
+            if progress:
+                progress(len(rows))
     refined = success & (~raw_success | (reward > raw_reward))
     keep = refined | raw_success
     grasps[refined] = corrected[refined]
     return Adapted(raw_success=raw_success, success=success, keep=keep, refined=refined,
-                   grasps=grasps, raw_reward=raw_reward, reward=reward)
+                   grasps=grasps, raw_reward=raw_reward, reward=reward, attempts=attempts)
 
 
 def adapted_dataset(problem: Problem, adapted: Adapted) -> tuple[GraspDataset, dict]:
@@ -308,6 +345,8 @@ def summary(problem: Problem, adapted: Adapted, revalidated: dict | None = None)
                                        if held_fails.any() else None),
             "refined_fraction": float(adapted.refined[rows].mean()),
         }
+        if adapted.attempts is not None:
+            entry["attempts_mean"] = float(adapted.attempts[rows].mean())
         if revalidated is not None and code in revalidated["objects"]:
             entry["adapted_success"] = revalidated["objects"][code]["success_rate"]
         out[code] = entry
