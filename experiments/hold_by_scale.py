@@ -51,13 +51,14 @@ def scale_rows(dataset, rows: dict) -> list[dict]:
     """Per-grasp hold results -> one row per (object, scale) present; plain numbers."""
     import numpy as np
 
+    from diffrl_jax.sim import validate
+
     out = []
-    for k, code in enumerate(dataset.object_codes):
-        mine = (dataset.object_index == k) & rows["done"]
-        for scale in np.unique(dataset.scales[mine]):
-            m = mine & (dataset.scales == scale)
+    for entry in validate.entries(dataset):
+        m = entry.rows[rows["done"][entry.rows]]
+        if m.size:
             out.append({
-                "object": code, "scale": float(scale), "n": int(m.sum()),
+                "object": entry.code, "scale": entry.scale, "n": int(m.size),
                 "success_rate": float(rows["success"][m].mean()),
                 "direction_success": [float(x) for x in rows["held"][m].mean(axis=0)],
                 "penetration_mm_median": float(np.median(rows["penetration_mm"][m])),

@@ -110,12 +110,9 @@ def run(args: argparse.Namespace) -> dict:
     with tqdm(total=len(subset), desc="raw hold tests", unit="grasp", file=sys.stderr, disable=None) as bar:
         _, raw = validate.validate_dataset(subset, hold, backend="mujoco", budget=budget, nthread=args.threads,
                                            progress=bar.update)
-    chosen = []  # subset rows: the first N failures of each (object, scale)
-    for k in range(len(subset.object_codes)):
-        for scale in np.unique(subset.scales[subset.object_index == k]):
-            group = np.flatnonzero((subset.object_index == k) & (subset.scales == scale) & ~raw["success"])
-            chosen.extend(group[:args.failures].tolist())
-    chosen = np.asarray(chosen, np.int64)
+    groups = validate.entries(subset)  # (object, scale) groups of subset rows
+    picks = [e.rows[~raw["success"][e.rows]][:args.failures] for e in groups]  # the first N failures
+    chosen = np.concatenate(picks).astype(np.int64)
     config = refine_env.RefineConfig()
     held = np.zeros((chosen.size, args.attempts), bool)
     if chosen.size:
@@ -129,16 +126,14 @@ def run(args: argparse.Namespace) -> dict:
                                                   nthread=args.threads, progress=bar.update)
         held = np.asarray(result["success"], bool).reshape(chosen.size, args.attempts)
     ks = attempt_counts(args.attempts)
-    out_rows = []
-    for k, code in enumerate(subset.object_codes):
-        for scale in np.unique(subset.scales[subset.object_index == k]):
-            group = (subset.object_index == k) & (subset.scales == scale)
-            mine = group[chosen]
-            out_rows.append({
-                "object": code, "scale": float(scale), "grasps": int(group.sum()),
-                "raw_success": float(raw["success"][group].mean()), "failures": int(mine.sum()),
-                "fixed_by_attempts": fixed_by(held[mine], ks),
-            })
+    out_rows, first = [], 0
+    for e, pick in zip(groups, picks):
+        out_rows.append({
+            "object": e.code, "scale": e.scale, "grasps": int(e.rows.size),
+            "raw_success": float(raw["success"][e.rows].mean()), "failures": int(pick.size),
+            "fixed_by_attempts": fixed_by(held[first:first + pick.size], ks),
+        })
+        first += pick.size
     return {
         "dataset": str(args.dataset), "protocol": validate.protocol_json(hold), "attempts": args.attempts,
         "std": args.std, "seed": args.seed, "bounds": config.to_json(), "rows": out_rows,

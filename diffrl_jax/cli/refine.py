@@ -57,11 +57,11 @@ PRESETS = {
 
 
 def _scenario(args) -> tuple[str, dict]:
+    from diffrl_jax.sim.protocol import HoldProtocol
+
     if args.scenario not in SCENARIOS:
         raise ConfigError(f"unknown scenario {args.scenario!r}; choose one of {sorted(SCENARIOS)}")
     overrides = dict(SCENARIOS[args.scenario])
-    from diffrl_jax.sim.protocol import HoldProtocol
-
     overrides.update(typed_assignments(args.set, "--set", HoldProtocol, "protocol"))
     return args.scenario, overrides
 
