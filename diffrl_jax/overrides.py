@@ -9,7 +9,7 @@ and `--set limit=none` mean the same thing everywhere:
 - `str`: the text as given;
 - `tuple[T, ...]` and `tuple[T1, T2]`: comma-separated values, optionally in
   `()` or `[]`;
-- `T | None`: `none` (or `null`) for None, else a `T`.
+- `T | None`: `none`, `null` or nothing for None, else a `T`.
 
 A value that does not parse, or a field the config lacks, is a `ConfigError`
 naming the field and the config. Range checks stay with the config's own
@@ -51,7 +51,7 @@ def parse_value(text: str, kind: Any, label: str) -> Any:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-        if len(inner) != len(args) and text.strip().lower() in _NONE:
+        if len(inner) != len(args) and text.strip().lower() in (*_NONE, ""):
             return None
         if len(inner) != 1:
             raise TypeError(f"{label}: unsupported annotation {kind}")

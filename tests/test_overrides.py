@@ -36,6 +36,8 @@ def test_every_annotation_parses():
     assert type(got["ceiling"]) is float and type(got["count"]) is int
     assert overrides.parse_overrides(_Example(), {"flag": "0", "limit": "7", "sizes": "8"}, "example") == \
         {"flag": False, "limit": 7, "sizes": (8,)}
+    assert overrides.parse_overrides(_Example, {"limit": "", "ceiling": "NULL"}, "example") == \
+        {"limit": None, "ceiling": None}
     assert overrides.parse_overrides(_Example, {}, "example") == {}
 
 
