@@ -64,8 +64,28 @@ def test_deterministic_across_calls_threads_and_chunks(setup, result):
 def test_held_matches_the_protocol_bounds(setup, result):
     p = setup[0].protocol
     expected = (result.finite & (result.translation < p.translation_bound_m)
-                & (result.rotation < p.rotation_bound_rad))
+                & (result.rotation < p.rotation_bound_rad)
+                & (result.penetration_mm <= p.penetration_bound_m * 1000)[:, None])
     np.testing.assert_array_equal(result.held, expected)
+
+
+def test_a_hand_started_inside_the_object_holds_nothing(setup):
+    """Pushed halfway to the box's centre, the hand starts centimetres deep: the
+    contact solver then squeezes the box hard, but that is no grasp."""
+    template, prepared, grasps = setup
+    deep = grasps.copy()
+    deep[:, :3] *= 0.5
+    r = mujoco_backend.hold_test_mujoco(template, prepared, deep, nthread=2)
+    inside = r.penetration_mm > template.protocol.penetration_bound_m * 1000
+    assert inside.any()
+    assert r.finite[inside].all() and not r.held[inside].any() and not r.success[inside].any()
+    # Without the bound the same physics is judged on displacement alone.
+    loose = bank.make_template(template.protocol.replace(penetration_bound_m=float("inf")),
+                               bank.ObjectBudget(pieces=1))
+    r_loose = mujoco_backend.hold_test_mujoco(loose, prepared, deep, nthread=2)
+    np.testing.assert_array_equal(r_loose.translation, r.translation)
+    np.testing.assert_array_equal(r_loose.held, r.finite & (r.translation < 0.02)
+                                  & (r.rotation < template.protocol.rotation_bound_rad))
 
 
 def test_hand_far_from_the_object_fails_every_direction(setup):

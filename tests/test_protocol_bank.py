@@ -17,6 +17,8 @@ def test_presets_and_overrides():
     strict = protocol.protocol("strict")
     assert strict.translation_bound_m == 0.02
     assert math.isclose(strict.rotation_bound_rad, math.radians(15))
+    assert strict.penetration_bound_m == 0.005
+    assert protocol.protocol("strict", penetration_bound_m=math.inf).penetration_bound_m == math.inf
     assert strict.total_steps == strict.settle_steps + 6 * strict.hold_steps
     dgn = protocol.protocol("dexgraspnet")
     assert dgn.friction == 3.0 and dgn.squeeze_m == 0.001 and dgn.require_contact
@@ -31,6 +33,8 @@ def test_presets_and_overrides():
     ({"squeeze_m": -0.001}, "squeeze_m"),
     ({"timestep": 0.5}, "too coarse"),
     ({"max_contacts": 0}, "max_contacts"),
+    ({"penetration_bound_m": 0.0}, "penetration_bound_m must be positive"),
+    ({"penetration_bound_m": float("nan")}, "penetration_bound_m must be positive"),
     ({"frition": 1.0}, "unknown protocol field"),
 ])
 def test_bad_protocols(overrides, match):

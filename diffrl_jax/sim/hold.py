@@ -211,7 +211,9 @@ def hold_object(template: SimTemplate, fields: ObjectFields, grasps: jax.Array) 
     finite = finite & ok[:, None]
     translation = jnp.where(finite, translation, jnp.inf)
     rotation = jnp.where(finite, rotation, jnp.inf)
-    held = finite & (translation < protocol.translation_bound_m) & (rotation < protocol.rotation_bound_rad)
+    placed = penetration <= protocol.penetration_bound_m * 1000.0  # NaN: not placed
+    held = (finite & (translation < protocol.translation_bound_m) & (rotation < protocol.rotation_bound_rad)
+            & placed[:, None])
     if protocol.require_contact:
         held = held & contact
     return HoldResult(

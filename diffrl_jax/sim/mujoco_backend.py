@@ -16,7 +16,8 @@ identical targets. Then, per grasp:
   one world per grasp and direction;
 * judgement, as in `hold.py`: the object's COM translation and rotation
   relative to the palm body since placement must stay under the protocol's
-  bounds, the world must stay finite, and (if required) a hand-object contact
+  bounds, the world must stay finite, the placement's penetration must be
+  within `penetration_bound_m`, and (if required) a hand-object contact
   must remain. As in MJX, whose final contacts come from the collision pass of
   the last step, the contact flag is computed at the state before the last step.
 
@@ -303,8 +304,10 @@ def _chunk(template, scene, pool, datas, work, qpos, ctrl, out, index):
             healthy, rotations.rotation_angle(np.broadcast_to(rot0[go, None], rot.shape), rot), np.inf)
         contact[go] = touch.reshape(len(go), d) & healthy
 
+    with np.errstate(invalid="ignore"):
+        placed = penetration <= protocol.penetration_bound_m * 1000.0  # NaN: not placed
     held = finite & (translation < protocol.translation_bound_m) & (
-        rotation < protocol.rotation_bound_rad)
+        rotation < protocol.rotation_bound_rad) & placed[:, None]
     if protocol.require_contact:
         held &= contact
     out["held"][index] = held

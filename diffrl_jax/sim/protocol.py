@@ -29,7 +29,9 @@ class HoldProtocol:
     Phases: `settle_s` with the fingers servoing to the grasp's joints plus the
     squeeze and no external force, then `hold_s` with the object pulled at
     `acceleration` (times its mass) along one direction. The wrist servo holds
-    the palm where the grasp put it throughout.
+    the palm where the grasp put it throughout. A direction is held when the
+    object stays within the translation and rotation bounds of the palm and
+    the hand did not start more than `penetration_bound_m` inside it.
     """
 
     name: str = "strict"
@@ -62,6 +64,13 @@ class HoldProtocol:
     translation_bound_m: float = 0.02
     rotation_bound_rad: float = math.radians(15.0)
     require_contact: bool = False  # also need a hand-object contact at the end
+    # A grasp whose hand starts deeper than this inside the object (the deepest
+    # hand-object contact at placement) holds nothing: its "hold" would come
+    # from the contact solver pushing the interpenetrating bodies apart, not
+    # from a grasp. DexGraspNet's bound was 1 mm on its own keypoint measure;
+    # on this one (capsules against convex pieces) its grasps measure 0.7 mm
+    # median and 3.7 mm at the 99th percentile, and 5 mm admits 99.6% of them.
+    penetration_bound_m: float = 0.005
 
     @property
     def settle_steps(self) -> int:
@@ -79,7 +88,7 @@ class HoldProtocol:
     def validate(self) -> "HoldProtocol":
         positive = ("friction", "finger_strength", "finger_kp", "object_density",
                     "mass_scale", "timestep", "impratio", "hold_s", "translation_bound_m",
-                    "rotation_bound_rad")
+                    "rotation_bound_rad", "penetration_bound_m")
         for name in positive:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0 and not math.isnan(value)):
