@@ -66,7 +66,7 @@ class PipelineConfig:
     # Noise added to the sampled attempts' actions (`diffrl refine --explore`).
     # On the shared data, 32 attempts with 0.5 fixed 45-64% of the failures,
     # 8 attempts without it 11-21%.
-    refine_explore: float = 0.5
+    refine_explore: float = 0.1
     # Perturbed copies per kept grasp for the "robustness" label (`diffrl
     # refine --robustness`; 0: none), and the label the diffusion model's
     # training grasps need (`diffrl train --min-robustness`; 0: all). On the

@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="raw failures per object and scale (the first N; default 16)")
     parser.add_argument("--attempts", type=positive_int, default=128, metavar="K",
                         help="random corrections per failure (default 128)")
-    parser.add_argument("--std", type=non_negative_float, default=0.5,
-                        help="standard deviation of each action component (default 0.5)")
+    parser.add_argument("--std", type=non_negative_float, default=0.1,
+                        help="standard deviation of each action component (default 0.1, the refiner's exploration)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--protocol", default="strict", help="hold protocol preset (default strict)")
     parser.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a protocol field")

@@ -72,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--envs", type=positive_int, default=32, help="parallel environments (default 32)")
     parser.add_argument("--attempts", type=positive_int, default=4,
                         help="episodes per grasp when adapting (default 4)")
-    parser.add_argument("--explore", type=non_negative_float, default=0.5, metavar="STD",
+    parser.add_argument("--explore", type=non_negative_float, default=0.1, metavar="STD",
                         help="exploration noise of the adaptation attempts (diffrl refine --explore; "
-                             "default 0.5)")
+                             "default 0.1)")
     parser.add_argument("--block", type=positive_int,
                         help="PPO iterations per compiled block (default: the preset's)")
     parser.add_argument("--backend", default="mujoco", choices=("mujoco", "mjx"),

@@ -203,7 +203,7 @@ def test_scenario_sweep_end_to_end(example_dir, tmp_path, capsys, fake_refine):
     assert [(c["friction"], c["mass_scale"], c["resume"]) for c in fake_refine] == [(0.5, 2.0, False),
                                                                                     (1.0, 2.0, False)]
     assert fake_refine[0]["limit"] == 3 and fake_refine[0]["envs"] == 4 and fake_refine[0]["attempts"] == 1
-    assert fake_refine[0]["explore"] == 0.5  # the sweep's default, passed on to diffrl refine
+    assert fake_refine[0]["explore"] == 0.1  # the sweep's default, passed on to diffrl refine
     result = json.loads((out / "scenario_sweep.json").read_text())
     lines = table.splitlines()
     assert lines[0].startswith("| friction | mass x | raw | adapted | kept |")
