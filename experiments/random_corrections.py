@@ -1,6 +1,7 @@
 """How many raw failures can corrections within the refiner's bounds fix? Random search as a yardstick.
 
     python experiments/random_corrections.py DATASET [--scales 0.12,0.15] [--failures 16] [--attempts 128]
+        [--std 0.1] [--steps 3]
 
 The refiner (`diffrl refine`) keeps a failed grasp when one of its K
 attempts, each a bounded correction (`refine_env.correct`: palm +-2 cm,
@@ -12,6 +13,12 @@ noise around a zero policy) are hold-tested, and it reports the share of
 failures fixed by the first k attempts for k = 1, 2, 4, ... If random
 search at the GPU preset's 128 attempts fixes few failures of a scale, no
 attempt budget will, and the limit is in the bounds or the physics.
+
+With `--steps K` an attempt is an episode of the refiner's iterative mode
+(`RefineConfig.from_settled`): each correction after the first starts from
+the grasp where the last hold test's settle left hand and object, and the
+attempt fixes the failure if any of its steps holds. `--std 0 --attempts 1`
+then measures that settle projection alone.
 
 It prints one row per object and scale (`--json`: one JSON object) and,
 with `--out FILE.json`, writes the result there (atomically).
@@ -43,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="random corrections per failure (default 128)")
     parser.add_argument("--std", type=non_negative_float, default=0.1,
                         help="standard deviation of each action component (default 0.1, the refiner's exploration)")
+    parser.add_argument("--steps", type=positive_int, default=1, metavar="K",
+                        help="corrections per attempt, each after the first from the last settled grasp (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--protocol", default="strict", help="hold protocol preset (default strict)")
     parser.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a protocol field")
@@ -72,15 +81,17 @@ def attempt_counts(attempts: int) -> list[int]:
     return ks + [attempts]
 
 
-def random_actions(rows, attempts: int, action_size: int, std: float, seed: int):
+def random_actions(rows, attempts: int, action_size: int, std: float, seed: int, step: int = 0):
     """[n, K, A] actions for dataset rows `rows`: N(0, std^2) clipped to [-1, 1]; row i's draw
-    depends only on (seed, i), so a failure gets the same corrections in any selection."""
+    depends only on (seed, i, step), so a failure gets the same corrections in any selection."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     def one(row):
         key = jax.random.fold_in(jax.random.PRNGKey(seed), row)
+        if step:
+            key = jax.random.fold_in(key, step)
         return jnp.clip(std * jax.random.normal(key, (attempts, action_size)), -1.0, 1.0)
 
     return np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(rows, jnp.int32)))
@@ -115,16 +126,28 @@ def run(args: argparse.Namespace) -> dict:
     chosen = np.concatenate(picks).astype(np.int64)
     config = refine_env.RefineConfig()
     held = np.zeros((chosen.size, args.attempts), bool)
+    tested = 0
     if chosen.size:
-        actions = random_actions(rows[chosen], args.attempts, refine_env.ACTION_SIZE, args.std, args.seed)
-        start_grasps = np.repeat(subset.grasps[chosen], args.attempts, axis=0).astype(np.float32)
-        grasps = np.asarray(refine_env.correct(start_grasps, actions.reshape(-1, actions.shape[-1]), config),
-                            np.float64)
-        tries = dataclasses.replace(subset.take(np.repeat(chosen, args.attempts)), grasps=grasps, extras={})
-        with tqdm(total=len(tries), desc="corrections", unit="grasp", file=sys.stderr, disable=None) as bar:
-            _, result = validate.validate_dataset(tries, hold, backend="mujoco", budget=budget,
-                                                  nthread=args.threads, progress=bar.update)
-        held = np.asarray(result["success"], bool).reshape(chosen.size, args.attempts)
+        owner = np.repeat(chosen, args.attempts)  # subset row of each attempt
+        base = subset.grasps[owner].astype(np.float32)
+        ok = np.zeros(owner.size, bool)
+        for step in range(args.steps):
+            live = np.flatnonzero(~ok)  # an attempt stops once a step holds
+            if live.size == 0:
+                break
+            actions = random_actions(rows[chosen], args.attempts, refine_env.ACTION_SIZE, args.std,
+                                     args.seed, step).reshape(-1, refine_env.ACTION_SIZE)
+            grasps = np.asarray(refine_env.correct(base[live], actions[live], config), np.float64)
+            tries = dataclasses.replace(subset.take(owner[live]), grasps=grasps, extras={})
+            with tqdm(total=len(tries), desc=f"corrections, step {step + 1}", unit="grasp", file=sys.stderr,
+                      disable=None) as bar:
+                _, result = validate.validate_dataset(tries, hold, backend="mujoco", budget=budget,
+                                                      nthread=args.threads, progress=bar.update)
+            tested += live.size
+            ok[live] = np.asarray(result["success"], bool)
+            settled = np.asarray(result["settled"])
+            base[live] = np.where(np.isfinite(settled).all(axis=1, keepdims=True), settled, grasps)
+        held = ok.reshape(chosen.size, args.attempts)
     ks = attempt_counts(args.attempts)
     out_rows, first = [], 0
     for e, pick in zip(groups, picks):
@@ -136,8 +159,8 @@ def run(args: argparse.Namespace) -> dict:
         first += pick.size
     return {
         "dataset": str(args.dataset), "protocol": validate.protocol_json(hold), "attempts": args.attempts,
-        "std": args.std, "seed": args.seed, "bounds": config.to_json(), "rows": out_rows,
-        "hold_tests": int(len(subset) + held.size), "seconds": time.perf_counter() - start,
+        "std": args.std, "steps": args.steps, "seed": args.seed, "bounds": config.to_json(), "rows": out_rows,
+        "hold_tests": int(len(subset) + tested), "seconds": time.perf_counter() - start,
     }
 
 

@@ -395,6 +395,9 @@ def test_random_actions_depend_only_on_seed_and_row():
     assert not np.array_equal(a, random_corrections.random_actions(np.array([3, 7]), 5, 29, 0.5, seed=2))
     assert np.abs(a).max() <= 1.0 and np.abs(a).max() > 0.5  # clipped, not squashed
     assert not random_corrections.random_actions(np.array([3]), 2, 29, 0.0, seed=1).any()
+    # Later steps of an attempt draw afresh; the first step is the single-step draw.
+    assert np.array_equal(random_corrections.random_actions(np.array([3, 7]), 5, 29, 0.5, seed=1, step=0), a)
+    assert not np.array_equal(random_corrections.random_actions(np.array([3, 7]), 5, 29, 0.5, seed=1, step=1), a)
 
 
 def test_random_corrections_end_to_end(example_dir, tmp_path, capsys):
@@ -411,6 +414,15 @@ def test_random_corrections_end_to_end(example_dir, tmp_path, capsys):
         assert list(r["fixed_by_attempts"]) == ["1", "2", "3"] and fixed == sorted(fixed)
         assert all(0 <= v <= 1 for v in fixed)
     assert printed["hold_tests"] == 12 + 3 * sum(r["failures"] for r in printed["rows"])
+    # Two steps per attempt: the first step is the same draw, so nothing fixed is lost;
+    # the second runs only the attempts the first did not fix.
+    assert random_corrections.main([*argv[:-2], "--steps", "2", "--json"]) == 0
+    two = json.loads(capsys.readouterr().out)
+    assert two["steps"] == 2
+    first = printed["hold_tests"] - 12
+    assert first < two["hold_tests"] - 12 <= 2 * first
+    for r1, r2 in zip(printed["rows"], two["rows"]):
+        assert all(b >= a for a, b in zip(r1["fixed_by_attempts"].values(), r2["fixed_by_attempts"].values()))
     out.unlink()
     assert random_corrections.main([*argv[:-2], "--scales", "9"]) == 2
     assert "no grasps at the given --scales" in capsys.readouterr().err

@@ -76,12 +76,12 @@ def test_far_hand_fails_every_direction_and_nan_is_contained(setup):
     # Free fall for hold_s: 0.5 * 9.81 * 0.25^2 = 0.31 m.
     assert not r.success[0, 0] and not r.held[0, 0].any()
     assert np.all(r.translation[0, 0] > 0.2)
-    assert not r.success[1, 1] and not r.finite[1, 1].any()
+    assert not r.success[1, 1] and not r.finite[1, 1].any() and np.isnan(r.settled[1, 1]).all()
     # Every other world is bitwise what it was without them.
     keep = np.ones((2, 4), bool)
     keep[0, 0] = keep[1, 1] = False
     base = setup["result"]
-    for name in ("success", "held", "translation", "rotation", "penetration_mm"):
+    for name in ("success", "held", "translation", "rotation", "penetration_mm", "settled"):
         np.testing.assert_array_equal(getattr(r, name)[keep], getattr(base, name)[keep], err_msg=name)
 
 
@@ -108,6 +108,9 @@ def test_mujoco_backend_agrees(setup):
         np.testing.assert_allclose(c.penetration_mm, r.penetration_mm[k], atol=0.2)
         agree += int((c.held == r.held[k]).sum())
         total += c.held.size
+        # Where the settle leaves hand and object: the same to a few millimetres.
+        assert np.all(np.isfinite(c.settled)) and np.all(np.isfinite(r.settled[k]))
+        np.testing.assert_allclose(c.settled[:, :3], r.settled[k][:, :3], atol=0.005)
     assert agree / total >= 0.8, f"MJX and MuJoCo-C agree on {agree} of {total} directions"
 
 

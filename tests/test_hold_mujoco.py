@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 
 from diffrl_jax.data import example
+from diffrl_jax.data import grasps as grasp_lib
+from diffrl_jax.data import rotations
 from diffrl_jax.errors import ConfigError
 from diffrl_jax.objects import assets
 from diffrl_jax.scene import build_scene
-from diffrl_jax.sim import bank, mujoco_backend, protocol
+from diffrl_jax.sim import bank, hold, mujoco_backend, protocol
 from diffrl_jax.sim.protocol import NUM_DIRECTIONS
 
 N = 4
-FIELDS = ("success", "held", "translation", "rotation", "contact", "finite", "penetration_mm")
+FIELDS = ("success", "held", "translation", "rotation", "contact", "finite", "penetration_mm", "settled")
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +90,50 @@ def test_a_hand_started_inside_the_object_holds_nothing(setup):
                                   & (r.rotation < template.protocol.rotation_bound_rad))
 
 
+def test_grasps_from_qpos_inverts_the_placement_for_any_object_pose(setup):
+    """The settled grasp's frames: a hand placed at grasp g relative to an object at
+    any pose (R, p) reads back as g in the object's frame."""
+    template, _, grasps = setup
+    scene = template.scene
+    rng = np.random.default_rng(0)
+    quat = rng.normal(size=(N, 4))
+    quat /= np.linalg.norm(quat, axis=1, keepdims=True)
+    position = rng.normal(scale=0.1, size=(N, 3))
+    world = grasp_lib.grasps_to_world(grasps, rotations.quat_to_matrix(quat), position)
+    qpos = np.tile(scene.model.qpos0, (N, 1))
+    qpos[:, scene.hand_qpos] = np.concatenate([grasp_lib.wrist_qpos(world), world[:, grasp_lib.JOINTS]], 1)
+    qpos[:, scene.object_qpos:scene.object_qpos + 7] = np.concatenate([position, quat], 1)
+    np.testing.assert_allclose(hold.grasps_from_qpos(template, qpos), grasps, atol=1e-9)
+    # At the placement (object at the origin) too, in JAX.
+    import jax.numpy as jnp
+    placed = hold.initial_qpos(template, jnp.asarray(grasps, jnp.float32))
+    np.testing.assert_allclose(np.asarray(hold.grasps_from_qpos(template, placed)), grasps, atol=1e-5)
+
+
+def test_settled_grasps_are_where_the_squeeze_left_the_hand(setup, result):
+    template, prepared, grasps = setup
+    assert result.settled.shape == (N, grasp_lib.GRASP_DIM) and np.all(np.isfinite(result.settled))
+    # The squeeze moves the fingers and pushes the box about a centimetre
+    # (the palm is servoed, so the palm moves relative to the box).
+    moved = result.settled - grasps
+    assert np.abs(moved[:, grasp_lib.JOINTS]).max() > 1e-3
+    assert np.all(np.linalg.norm(moved[:, :3], axis=1) < 0.03)
+    # No settle: the settled grasp is the placement itself.
+    instant = bank.make_template(template.protocol.replace(settle_s=0.0), bank.ObjectBudget(pieces=1))
+    r = mujoco_backend.hold_test_mujoco(instant, prepared, grasps, nthread=2)
+    np.testing.assert_allclose(r.settled, grasps, atol=1e-5)
+
+
+def test_a_hand_touching_nothing_settles_where_it_was(setup):
+    """Far from the box the fingers are already at their targets (no squeeze)
+    and the box is free of force: nothing moves."""
+    template, prepared, grasps = setup
+    far = grasps.copy()
+    far[:, 0] += 0.5
+    r = mujoco_backend.hold_test_mujoco(template, prepared, far, nthread=2)
+    np.testing.assert_allclose(r.settled, far, atol=1e-4)
+
+
 def test_hand_far_from_the_object_fails_every_direction(setup):
     template, prepared, grasps = setup
     far = grasps.copy()
@@ -108,6 +154,7 @@ def test_nan_grasp_fails_alone(setup, result):
     r = mujoco_backend.hold_test_mujoco(template, prepared, bad, nthread=2)
     assert not r.finite[2].any() and not r.held[2].any() and not r.success[2]
     assert np.all(np.isinf(r.translation[2])) and np.all(np.isinf(r.rotation[2]))
+    assert np.all(np.isnan(r.settled[2]))
     _equal(r, result, rows=[0, 1, 3, 4])
 
 

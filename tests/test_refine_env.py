@@ -95,6 +95,8 @@ def test_config_errors():
         RefineConfig().replace(translation_m=-1.0)
     with pytest.raises(ConfigError, match="unknown"):
         RefineConfig().replace(squeeze=1.0)
+    with pytest.raises(ConfigError, match="from_settled"):
+        RefineConfig().replace(from_settled="yes")
 
 
 def test_exploration_noise():
@@ -189,6 +191,10 @@ def test_env_step_matches_the_hold_test(problem, env, jitted):
         problem.template, problem.prepared[0], problem.dataset.grasps[rows], nthread=2)
     np.testing.assert_array_equal(np.asarray(nxt.info["success"]), direct.success)
     np.testing.assert_array_equal(np.asarray(nxt.info["held"]), direct.held)
+    # The tested grasp is the dataset's; the next correction starts where its settle left it.
+    np.testing.assert_allclose(np.asarray(nxt.info["grasp"]), problem.dataset.grasps[rows], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(nxt.info["base"]), direct.settled, atol=1e-4)
+    assert not np.allclose(np.asarray(nxt.info["base"]), np.asarray(nxt.info["grasp"]), atol=1e-3)
 
 
 @requires_shared_data

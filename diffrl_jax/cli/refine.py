@@ -383,7 +383,7 @@ def add_commands(commands) -> None:
                         "of --attempts attempts each, stopping once one holds (default 1)")
     p.add_argument("--explore", type=non_negative_float, metavar="STD",
                    help="when adapting, Gaussian noise added to the sampled attempts' actions "
-                        "(action units, [-1, 1] per component; default: the preset's, 0.5)")
+                        "(action units, [-1, 1] per component; default: the preset's, 0.1)")
     p.add_argument("--robustness", type=non_negative_int, metavar="K",
                    help="label each kept grasp with the fraction of K perturbed copies that hold "
                         "(0: no label; default: the preset's, 16)")

@@ -48,6 +48,11 @@ class HoldResult(struct.PyTreeNode):
     contact: jax.Array  # [..., D] bool, a hand-object contact at the end
     finite: jax.Array  # [..., D] bool, no NaN/inf in the world
     penetration_mm: jax.Array  # [...] deepest hand-object penetration at placement
+    # [..., 31] the grasp (object frame) where the settle left hand and object:
+    # the hand pose relative to the object and the finger joints after the
+    # squeeze found its equilibrium; NaN where the settle did not stay finite
+    # or the grasp was never simulated.
+    settled: jax.Array
 
 
 def initial_qpos(template: SimTemplate, grasps: jax.Array) -> jax.Array:
@@ -59,6 +64,20 @@ def initial_qpos(template: SimTemplate, grasps: jax.Array) -> jax.Array:
     qpos = qpos.at[..., scene.hand_qpos].set(hand)
     obj = jnp.array([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], grasps.dtype)
     return qpos.at[..., scene.object_qpos:scene.object_qpos + 7].set(obj)
+
+
+def grasps_from_qpos(template: SimTemplate, qpos):
+    """qpos [..., nq] of a hold scene -> the grasp [..., 31] in the object's frame.
+
+    The inverse of `initial_qpos` (which puts the object at the origin) for any
+    object pose: the hand's wrist and finger joints re-expressed relative to
+    the object. numpy in, numpy out; jax in, jax out.
+    """
+    scene = template.scene
+    hand = qpos[..., np.asarray(scene.hand_qpos)]
+    world = grasp_lib.grasps_from_wrist_qpos(hand[..., :6], hand[..., 6:])
+    obj = qpos[..., scene.object_qpos:scene.object_qpos + 7]
+    return grasp_lib.grasps_to_object(world, rotations.quat_to_matrix(obj[..., 3:]), obj[..., :3])
 
 
 def surface_distance(fields: ObjectFields, points: jax.Array):
@@ -216,9 +235,11 @@ def hold_object(template: SimTemplate, fields: ObjectFields, grasps: jax.Array) 
             & placed[:, None])
     if protocol.require_contact:
         held = held & contact
+    settled_grasps = jnp.where(ok[:, None], grasps_from_qpos(template, settled.qpos), jnp.nan)
     return HoldResult(
         success=jnp.all(held, axis=-1), held=held, translation=translation, rotation=rotation,
-        contact=contact, finite=finite, penetration_mm=penetration)
+        contact=contact, finite=finite, penetration_mm=penetration,
+        settled=settled_grasps.astype(grasps.dtype))
 
 
 def make_hold_test(template: SimTemplate):

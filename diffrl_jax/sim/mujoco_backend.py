@@ -9,7 +9,7 @@ identical targets. Then, per grasp:
 * placement: `mj_forward` at the grasp (qvel 0, time 0) gives the deepest
   hand-object penetration and the object's pose relative to the palm;
 * settle: `settle_steps` with the servo targets and no external force (one
-  world per grasp);
+  world per grasp); where it leaves hand and object is the `settled` grasp;
 * pull: `hold_steps` from the settled state with a constant force
   `object mass * acceleration * direction` at the object's COM
   (`xfrc_applied` of the object body, world frame = object frame at reset),
@@ -250,15 +250,18 @@ def _chunk(template, scene, pool, datas, work, qpos, ctrl, out, index):
     # Settle.
     settled, warm = state0, warm0
     ok = valid.copy()
+    settled_qpos = np.where(valid[:, None], qpos, np.nan)  # no settle: the placement
     go = np.nonzero(valid)[0]
     if protocol.settle_steps > 0 and len(go):
         states = _run(pool, model, datas, work, state0[go], warm0[go], base[go], protocol.settle_steps)
         settled = state0.copy()
         settled[go] = states[:, -1]
         ok[go] = finite_worlds(state0[go], states)
+        settled_qpos[go] = np.nan
         warm = np.zeros_like(warm0)
         for i in go[ok[go]]:  # the warmstart the last settle step would hand on
             mujoco.mj_setState(model, data, settled[i], _STATE)
+            settled_qpos[i] = data.qpos
             data.ctrl[:] = ctrl[i]
             data.xfrc_applied[:] = 0.0
             data.qacc_warmstart[:] = 0.0
@@ -316,6 +319,7 @@ def _chunk(template, scene, pool, datas, work, qpos, ctrl, out, index):
     out["contact"][index] = contact
     out["finite"][index] = finite
     out["penetration_mm"][index] = penetration
+    out["settled"][index] = hold.grasps_from_qpos(template, settled_qpos)
 
 
 def hold_test_mujoco(template: SimTemplate, prepared: PreparedObject, grasps, *,
@@ -353,7 +357,8 @@ def hold_test_mujoco(template: SimTemplate, prepared: PreparedObject, grasps, *,
     d = NUM_DIRECTIONS
     out = {"held": np.zeros((n, d), bool), "translation": np.zeros((n, d)),
            "rotation": np.zeros((n, d)), "contact": np.zeros((n, d), bool),
-           "finite": np.zeros((n, d), bool), "penetration_mm": np.zeros(n)}
+           "finite": np.zeros((n, d), bool), "penetration_mm": np.zeros(n),
+           "settled": np.zeros((n, grasp_lib.GRASP_DIM))}
     datas = [mujoco.MjData(model) for _ in range(nthread)]
     work = _workspace()
     with thread_pool(nthread) as pool:

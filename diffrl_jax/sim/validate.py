@@ -26,6 +26,7 @@ import numpy as np
 
 from diffrl_jax import parallel
 from diffrl_jax.data.dexgraspnet import GraspDataset
+from diffrl_jax.data.grasps import GRASP_DIM
 from diffrl_jax.errors import ConfigError
 from diffrl_jax.objects import assets
 from diffrl_jax.runtime import usable_cpus
@@ -188,12 +189,13 @@ def _empty(n: int) -> dict:
         "held": np.zeros((n, len(DIRECTION_NAMES)), bool),
         "penetration_mm": np.zeros(n), "translation": np.zeros((n, len(DIRECTION_NAMES))),
         "rotation": np.zeros((n, len(DIRECTION_NAMES))),
+        "settled": np.full((n, GRASP_DIM), np.nan),
     }
 
 
 def _store(out: dict, rows: np.ndarray, result) -> None:
     out["done"][rows] = True
-    for key in ("success", "held", "penetration_mm", "translation", "rotation"):
+    for key in ("success", "held", "penetration_mm", "translation", "rotation", "settled"):
         out[key][rows] = np.asarray(getattr(result, key))
 
 
