@@ -63,6 +63,9 @@ class PipelineConfig:
     refine_iterations: int = 30
     refine_envs: int = 128
     refine_attempts: int = 8  # episodes per grasp when adapting
+    # Corrections per episode (`diffrl refine --steps`), each after the first
+    # from the grasp where the last hold test's settle left it.
+    refine_steps: int = 3
     # Noise added to the sampled attempts' actions (`diffrl refine --explore`).
     # Under the hold test's penetration bound, random corrections of std 0.1
     # fixed 20 of 90 shared raw failures in 32 attempts, std 0.5 one.
@@ -109,7 +112,7 @@ class PipelineConfig:
         if self.protocol not in ("strict", "dexgraspnet"):
             raise ConfigError(f"protocol must be strict or dexgraspnet, got {self.protocol!r}")
         for name in ("proposals", "budget_pieces", "refine_iterations", "refine_envs", "refine_attempts",
-                     "train_steps", "train_batch", "sample_n", "eval_poses", "eval_candidates",
+                     "refine_steps", "train_steps", "train_batch", "sample_n", "eval_poses", "eval_candidates",
                      "eval_check_top"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
@@ -325,6 +328,7 @@ def stage_refine(run: Run) -> None:
                            "--scenario", c.scenario, "--protocol", c.protocol, "--preset", c.refine_preset,
                            "--backend", c.backend, "--iterations", str(c.refine_iterations),
                            "--envs", str(c.refine_envs), "--attempts", str(c.refine_attempts),
+                           "--steps", str(c.refine_steps),
                            "--explore", str(c.refine_explore), "--robustness", str(c.refine_robustness),
                            "--seed", str(c.seed), "--budget-pieces", str(c.budget_pieces), *run._selection(),
                            *run._hold_sets(), *_options("--ppo", c.ppo)])

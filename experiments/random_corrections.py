@@ -18,7 +18,8 @@ With `--steps K` an attempt is an episode of the refiner's iterative mode
 (`RefineConfig.from_settled`): each correction after the first starts from
 the grasp where the last hold test's settle left hand and object, and the
 attempt fixes the failure if any of its steps holds. `--std 0 --attempts 1`
-then measures that settle projection alone.
+then measures that settle projection alone, and `--std 0.2,0 --steps 3` a
+random correction followed by two projections.
 
 It prints one row per object and scale (`--json`: one JSON object) and,
 with `--out FILE.json`, writes the result there (atomically).
@@ -48,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="raw failures per object and scale (the first N; default 16)")
     parser.add_argument("--attempts", type=positive_int, default=128, metavar="K",
                         help="random corrections per failure (default 128)")
-    parser.add_argument("--std", type=non_negative_float, default=0.1,
-                        help="standard deviation of each action component (default 0.1, the refiner's exploration)")
+    parser.add_argument("--std", type=step_stds, default=(0.1,), metavar="S[,S,...]",
+                        help="standard deviation of each action component (default 0.1, the refiner's "
+                             "exploration); one per step with --steps, the last repeating (e.g. 0.2,0)")
     parser.add_argument("--steps", type=positive_int, default=1, metavar="K",
                         help="corrections per attempt, each after the first from the last settled grasp (default 1)")
     parser.add_argument("--seed", type=int, default=0)
@@ -60,6 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="FILE.json", help="write the result here")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return parser
+
+
+def step_stds(text: str) -> tuple[float, ...]:
+    """argparse type: comma-separated finite numbers >= 0 (one action std per step)."""
+    try:
+        return tuple(non_negative_float(x) for x in text.split(","))
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= 0, got {text!r}") from None
+
+
+def std_of_step(stds: Sequence[float], step: int) -> float:
+    """The action std of step `step` (0-based): its own, or the last one given."""
+    return stds[min(step, len(stds) - 1)]
 
 
 def fixed_by(held, ks: Sequence[int]) -> dict[str, float]:
@@ -135,8 +150,8 @@ def run(args: argparse.Namespace) -> dict:
             live = np.flatnonzero(~ok)  # an attempt stops once a step holds
             if live.size == 0:
                 break
-            actions = random_actions(rows[chosen], args.attempts, refine_env.ACTION_SIZE, args.std,
-                                     args.seed, step).reshape(-1, refine_env.ACTION_SIZE)
+            actions = random_actions(rows[chosen], args.attempts, refine_env.ACTION_SIZE,
+                                     std_of_step(args.std, step), args.seed, step).reshape(-1, refine_env.ACTION_SIZE)
             grasps = np.asarray(refine_env.correct(base[live], actions[live], config), np.float64)
             tries = dataclasses.replace(subset.take(owner[live]), grasps=grasps, extras={})
             with tqdm(total=len(tries), desc=f"corrections, step {step + 1}", unit="grasp", file=sys.stderr,
@@ -159,7 +174,7 @@ def run(args: argparse.Namespace) -> dict:
         first += pick.size
     return {
         "dataset": str(args.dataset), "protocol": validate.protocol_json(hold), "attempts": args.attempts,
-        "std": args.std, "steps": args.steps, "seed": args.seed, "bounds": config.to_json(), "rows": out_rows,
+        "std": [std_of_step(args.std, k) for k in range(args.steps)], "steps": args.steps, "seed": args.seed, "bounds": config.to_json(), "rows": out_rows,
         "hold_tests": int(len(subset) + tested), "seconds": time.perf_counter() - start,
     }
 

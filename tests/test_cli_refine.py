@@ -15,7 +15,7 @@ ARGS = ["--objects", BOTTLE, "--limit", "6", "--iterations", "4", "--block", "2"
         "--attempts", "2", "--budget-pieces", "3", "--set", "settle_s=0.02", "--set", "hold_s=0.1",
         "--ppo", "num_minibatches=2", "--ppo", "policy_hidden_sizes=32,32",
         "--ppo", "value_hidden_sizes=32,32", "--heldout", "0.34", "--threads", "2",
-        "--robustness", "2", "--rounds", "2"]
+        "--robustness", "2", "--rounds", "2", "--steps", "2"]
 
 
 @pytest.fixture(scope="module")

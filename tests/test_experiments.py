@@ -400,6 +400,17 @@ def test_random_actions_depend_only_on_seed_and_row():
     assert not np.array_equal(random_corrections.random_actions(np.array([3, 7]), 5, 29, 0.5, seed=1, step=1), a)
 
 
+def test_step_stds_repeat_the_last_and_reject_bad_values():
+    import argparse
+
+    assert random_corrections.step_stds("0.2,0") == (0.2, 0.0)
+    assert [random_corrections.std_of_step((0.2, 0.0), k) for k in range(4)] == [0.2, 0.0, 0.0, 0.0]
+    assert [random_corrections.std_of_step((0.1,), k) for k in range(2)] == [0.1, 0.1]
+    for bad in ("-1", "0.1,x", "nan", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            random_corrections.step_stds(bad)
+
+
 def test_random_corrections_end_to_end(example_dir, tmp_path, capsys):
     out = tmp_path / "rc.json"
     argv = [str(example_dir), "--failures", "2", "--attempts", "3", "--budget-pieces", "3", "--threads", "2",
@@ -418,7 +429,7 @@ def test_random_corrections_end_to_end(example_dir, tmp_path, capsys):
     # the second runs only the attempts the first did not fix.
     assert random_corrections.main([*argv[:-2], "--steps", "2", "--json"]) == 0
     two = json.loads(capsys.readouterr().out)
-    assert two["steps"] == 2
+    assert two["steps"] == 2 and two["std"] == [0.1, 0.1]
     first = printed["hold_tests"] - 12
     assert first < two["hold_tests"] - 12 <= 2 * first
     for r1, r2 in zip(printed["rows"], two["rows"]):

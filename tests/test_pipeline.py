@@ -15,7 +15,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 BOTTLE = "sem-Bottle-437678d4bc6be981c8724d5673a063a6"
 # The shared bottle's first 6 grasps (2 hold under this protocol); a coarse, short hold
 # test, a tiny PPO run and diffusion model, 2 poses: every stage in about a minute.
-TINY = ["limit=6", "budget_pieces=3", "refine_iterations=2", "refine_envs=8", "refine_attempts=2",
+TINY = ["limit=6", "budget_pieces=3", "refine_iterations=2", "refine_envs=8", "refine_attempts=2", "refine_steps=2",
         "refine_robustness=2", "train_steps=40", "train_batch=16", "sample_n=8", "eval_poses=2", "eval_candidates=4", "videos=0",
         "hold.settle_s=0.02", "hold.hold_s=0.1", "lift.timestep=0.008", "lift.settle_s=0.5",
         "ppo.num_minibatches=2", "ppo.policy_hidden_sizes=32,32", "ppo.value_hidden_sizes=32,32",
@@ -133,6 +133,7 @@ def test_other_settings_on_the_same_run_are_refused(run, capsys):
     (["pipeline", "--set", "train_min_robustness=0.5", "--out", "/tmp/never-pipeline"],
      "needs the robustness label"),
     (["pipeline", "--set", "refine_robustness=-1", "--out", "/tmp/never-pipeline"], "refine_robustness must be"),
+    (["pipeline", "--set", "refine_steps=0", "--out", "/tmp/never-pipeline"], "refine_steps must be"),
 ])
 def test_bad_input_exits_2(argv, message, capsys):
     assert main(argv) == 2
