@@ -151,7 +151,8 @@ def run(args: argparse.Namespace) -> dict:
             if live.size == 0:
                 break
             actions = random_actions(rows[chosen], args.attempts, refine_env.ACTION_SIZE,
-                                     std_of_step(args.std, step), args.seed, step).reshape(-1, refine_env.ACTION_SIZE)
+                                     std_of_step(args.std, step), args.seed, step)
+            actions = actions.reshape(-1, refine_env.ACTION_SIZE)
             grasps = np.asarray(refine_env.correct(base[live], actions[live], config), np.float64)
             tries = dataclasses.replace(subset.take(owner[live]), grasps=grasps, extras={})
             with tqdm(total=len(tries), desc=f"corrections, step {step + 1}", unit="grasp", file=sys.stderr,
@@ -160,8 +161,7 @@ def run(args: argparse.Namespace) -> dict:
                                                       nthread=args.threads, progress=bar.update)
             tested += live.size
             ok[live] = np.asarray(result["success"], bool)
-            settled = np.asarray(result["settled"])
-            base[live] = np.where(np.isfinite(settled).all(axis=1, keepdims=True), settled, grasps)
+            base[live] = np.asarray(refine_env.next_base(grasps.astype(np.float32), result["settled"]))
         held = ok.reshape(chosen.size, args.attempts)
     ks = attempt_counts(args.attempts)
     out_rows, first = [], 0
@@ -174,7 +174,8 @@ def run(args: argparse.Namespace) -> dict:
         first += pick.size
     return {
         "dataset": str(args.dataset), "protocol": validate.protocol_json(hold), "attempts": args.attempts,
-        "std": [std_of_step(args.std, k) for k in range(args.steps)], "steps": args.steps, "seed": args.seed, "bounds": config.to_json(), "rows": out_rows,
+        "std": [std_of_step(args.std, k) for k in range(args.steps)], "steps": args.steps, "seed": args.seed,
+        "bounds": config.to_json(), "rows": out_rows,
         "hold_tests": int(len(subset) + tested), "seconds": time.perf_counter() - start,
     }
 

@@ -88,6 +88,17 @@ def test_non_finite_actions_count_as_zero():
     np.testing.assert_allclose(out, g, atol=1e-6)
 
 
+def test_next_base_is_the_settled_grasp_where_finite():
+    from diffrl_jax.rl.refine_env import next_base
+
+    g = _random_grasps(3)
+    settled = g + 0.01
+    settled[1, 5] = np.nan  # a settle that diverged: correct from the tested grasp
+    out = np.asarray(next_base(jnp.asarray(g), settled))
+    np.testing.assert_allclose(out[[0, 2]], settled[[0, 2]], atol=1e-6)
+    np.testing.assert_allclose(out[1], g[1], atol=1e-6)
+
+
 def test_config_errors():
     with pytest.raises(ConfigError, match="steps"):
         RefineConfig(steps=0).validate()

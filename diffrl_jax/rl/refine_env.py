@@ -131,6 +131,13 @@ def correct(grasps: jax.Array, actions: jax.Array, config: RefineConfig) -> jax.
     return grasp_lib.make_grasps(t, rot, q).astype(grasps.dtype)
 
 
+def next_base(grasp, settled):
+    """The grasp the next correction applies to (`RefineConfig.from_settled`): the
+    settled grasp [..., 31] where it is finite, else the tested `grasp` [..., 31]."""
+    settled = jnp.asarray(settled).astype(jnp.asarray(grasp).dtype)
+    return jnp.where(jnp.all(jnp.isfinite(settled), axis=-1, keepdims=True), settled, grasp)
+
+
 def hand_gaps(template: SimTemplate, fields: ObjectFields, grasp: jax.Array) -> jax.Array:
     """Signed gaps (m) between the hand's capsule points and the object: [K]."""
     mjx = import_mjx()
@@ -318,10 +325,7 @@ class RefineEnv(Env):
         info = state.info
         grasp = correct(info["base"], action, self._config)
         result = self._hold(info["object_id"], grasp)
-        base = grasp
-        if self._config.from_settled:
-            settled = result.settled.astype(grasp.dtype)
-            base = jnp.where(jnp.all(jnp.isfinite(settled)), settled, grasp)
+        base = next_base(grasp, result.settled) if self._config.from_settled else grasp
         terms = reward_terms(result, action, self._template, self._config)
         reward = sum(terms.values())
         step = info["step"] + 1
