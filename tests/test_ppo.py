@@ -284,6 +284,36 @@ def test_ppo_solves_point_mass_with_time_limit():
     assert float(metrics["episode_length"][-1]) < 6
 
 
+def test_feature_constant_in_the_first_batch_does_not_blow_up_the_update():
+    """With unroll_length 1 of a 5-step episode the first batch holds only
+    first steps, where PointMass's progress feature t / horizon is 0: the
+    normaliser's std for it is the 1e-6 floor. The next rollout's t = 0.1
+    normalised is 1e5 unless `observation_clip` bounds it; unclipped, that
+    iteration's entropy fell to about -700 and its value loss rose to 4e7."""
+    config = ppo.PPOConfig(num_envs=16, unroll_length=1, episode_length=5, num_minibatches=2,
+                           num_iterations=4, learning_rate=3e-4, init_action_std=0.1, **SMALL)
+    assert config.observation_clip == 5.0
+    _, metrics = jax.jit(ppo.make_train(config, PointMass()))(jax.random.key(0))
+    entropy, value_loss = np.asarray(metrics["entropy"]), np.asarray(metrics["value_loss"])
+    # A tanh-normal of pre-tanh std 0.1 in one dimension: entropy about -0.9.
+    assert entropy.min() > -2.0, entropy
+    assert value_loss.max() < 10.0, value_loss
+
+
+def test_observation_clip_bounds_the_normalised_input():
+    config = ppo.PPOConfig(observation_clip=5.0, init_action_std=0.1, **SMALL)
+    networks = ppo.make_networks(2, 1, config)
+    params = networks.policy_network.init(jax.random.key(0))
+    # Feature 1 has been constant: std at the normaliser's floor.
+    stats = running_statistics.update(running_statistics.init_state(jnp.zeros(2)), jnp.zeros((8, 2)))
+    far = networks.policy_network.apply(stats, params, jnp.array([[0.0, 1e3]]))
+    past_clip = networks.policy_network.apply(stats, params, jnp.array([[0.0, 1e-5]]))  # 10 std
+    np.testing.assert_array_equal(np.asarray(far), np.asarray(past_clip))
+    unclipped = ppo.make_networks(2, 1, config.replace(observation_clip=None))
+    assert not np.array_equal(np.asarray(unclipped.policy_network.apply(stats, params, jnp.array([[0.0, 1e3]]))),
+                              np.asarray(far))
+
+
 # ---------------------------------------------------------------------------
 # Determinism, resume, seeds
 
@@ -356,6 +386,8 @@ def test_vmapped_train_over_seeds():
         (dict(entropy_cost=-1.0), "entropy_cost"),
         (dict(policy_hidden_sizes=(32, 0)), "policy_hidden_sizes"),
         (dict(normalize_advantage=1), "normalize_advantage"),
+        (dict(observation_clip=0.0), "observation_clip"),
+        (dict(observation_clip=float("inf")), "observation_clip"),
         (dict(bogus=1), "unknown PPO config field"),
     ],
 )
@@ -385,6 +417,16 @@ def test_networks_rebuild_from_kwargs():
     assert action.shape == (5, 2) and bool(jnp.all(jnp.abs(action) <= 1))
     with pytest.raises(ConfigError, match="keys"):
         ppo.networks_from_kwargs({**kwargs, "extra": 1})
+    with pytest.raises(ConfigError, match="observation_clip"):
+        ppo.networks_from_kwargs({**kwargs, "observation_clip": -1.0})
+    # Kwargs stored before the clip existed rebuild the unclipped networks.
+    old = {k: v for k, v in kwargs.items() if k != "observation_clip"}
+    far = jnp.full((1, 3), 1e8)
+    stats = running_statistics.update(normalizer, jnp.zeros((4, 3)))
+    np.testing.assert_array_equal(
+        np.asarray(ppo.networks_from_kwargs(old).policy_network.apply(stats, params.policy, far)),
+        np.asarray(ppo.networks_from_kwargs({**kwargs, "observation_clip": None})
+                   .policy_network.apply(stats, params.policy, far)))
 
 
 def test_residual_policy_head_starts_at_zero_action_with_the_configured_std():

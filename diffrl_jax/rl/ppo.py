@@ -108,6 +108,13 @@ class PPOConfig:
     reward_scaling: float = 1.0
     normalize_advantage: bool = True
     normalize_observations: bool = True
+    # Normalised observations are clipped to +-observation_clip (None: no clip).
+    # A feature that is constant in the first batches (the last hold result
+    # before an episode's first step, when unroll_length < episode_length) gets
+    # the normaliser's minimum std, 1e-6; unclipped, its first non-zero value
+    # reaches the networks as ~1e5 and one iteration's update diverges
+    # (approx_kl 5e13 in a 3-step refine run before this clip).
+    observation_clip: float | None = 5.0
     policy_hidden_sizes: tuple[int, ...] = (256, 256)
     value_hidden_sizes: tuple[int, ...] = (256, 256)
     # None: brax's policy network (mean and std from one MLP head, std ~0.7 at
@@ -160,6 +167,9 @@ class PPOConfig:
         if self.init_action_std is not None and not (
                 is_real(self.init_action_std) and self.init_action_std > 0.001):
             errors.append(f"init_action_std must be None or a number > 0.001, got {self.init_action_std!r}")
+        if self.observation_clip is not None and not (
+                is_real(self.observation_clip) and self.observation_clip > 0):
+            errors.append(f"observation_clip must be None or a number > 0, got {self.observation_clip!r}")
         for name in ("normalize_advantage", "normalize_observations"):
             if not isinstance(getattr(self, name), bool):
                 errors.append(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -279,6 +289,7 @@ def network_kwargs(observation_size: int, action_size: int, config: PPOConfig) -
         "normalize_observations": bool(config.normalize_observations),
         "activation": "swish",
         "init_action_std": config.init_action_std,
+        "observation_clip": config.observation_clip,
     }
 
 
@@ -286,15 +297,21 @@ def networks_from_kwargs(kwargs: Mapping[str, Any]) -> ppo_networks.PPONetworks:
     """brax PPO networks (tanh-squashed normal policy, actions in [-1, 1])."""
     kwargs = dict(kwargs)
     kwargs.setdefault("init_action_std", None)
+    kwargs.setdefault("observation_clip", None)  # checkpoints written before the clip
     expected = {"observation_size", "action_size", "policy_hidden_sizes", "value_hidden_sizes",
-                "normalize_observations", "activation", "init_action_std"}
+                "normalize_observations", "activation", "init_action_std", "observation_clip"}
     if set(kwargs) != expected:
         raise ConfigError(
             f"network kwargs must have exactly the keys {sorted(expected)}, got {sorted(kwargs)}"
         )
     if kwargs["activation"] not in _ACTIVATIONS:
         raise ConfigError(f"unknown activation {kwargs['activation']!r}; known: {sorted(_ACTIVATIONS)}")
-    preprocess = (running_statistics.normalize if kwargs["normalize_observations"]
+    clip = kwargs["observation_clip"]
+    if clip is not None and not (isinstance(clip, int | float) and math.isfinite(clip) and clip > 0):
+        raise ConfigError(f"observation_clip must be None or a number > 0, got {clip!r}")
+    preprocess = (functools.partial(running_statistics.normalize,
+                                    max_abs_value=None if clip is None else float(clip))
+                  if kwargs["normalize_observations"]
                   else brax_types.identity_observation_preprocessor)
     networks = ppo_networks.make_ppo_networks(
         int(kwargs["observation_size"]),
