@@ -36,8 +36,15 @@ def test_refine_writes_every_output(run):
     for name in ("run.json", "metrics.jsonl", "learning_curve.png", "summary.json", "adaptation.npz"):
         assert (run / name).is_file(), name
     assert (run / "tensorboard").is_dir() and (run / "checkpoints" / "4").is_dir()
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    def refuse(constant):
+        raise AssertionError(f"metrics.jsonl holds {constant}: not strict JSON")
+
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=refuse) for line in lines]
     assert [r["iteration"] for r in records] == [1, 2, 3, 4]
+    # An iteration in which no episode ended logs null episode means, not NaN.
+    for r in records:
+        assert (r["episodes"] == 0) == (r["episode_length"] is None), r
     assert all(np.isfinite(r["reward"]) and 0 <= r["env/success"] <= 1 for r in records)
     summary = json.loads((run / "summary.json").read_text())
     r = summary["objects"][BOTTLE]
@@ -91,6 +98,17 @@ def test_killed_run_resumes_to_the_same_end(run, tmp_path):
     b = checkpoint.restore(killed / "checkpoints", _restore_target(run))[0]
     for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_metrics_log_is_strict_json(tmp_path):
+    from diffrl_jax.cli.common import read_jsonl, write_jsonl_atomic
+
+    path = tmp_path / "metrics.jsonl"
+    write_jsonl_atomic(path, [{"iteration": 1, "episode_length": float("nan"), "loss": float("inf"),
+                               "reward": 0.5, "episodes": 0}])
+    assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+    assert read_jsonl(path, "iteration") == [
+        {"iteration": 1, "episode_length": None, "loss": None, "reward": 0.5, "episodes": 0}]
 
 
 def _restore_target(run):

@@ -109,8 +109,18 @@ def save_out_json(args: argparse.Namespace, result: dict) -> None:
         save_json_result(args.out, result)
 
 
+def jsonl_line(record: dict) -> str:
+    """One metrics record as a strict-JSON line: a non-finite number (an episode
+    mean with no episode finished, a diverged loss) becomes null, which `jq`
+    and other strict readers accept where they refuse NaN."""
+    def finite_or_none(value):
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    return json.dumps({k: finite_or_none(v) for k, v in record.items()}, allow_nan=False) + "\n"
+
+
 def write_jsonl_atomic(path, records: list[dict]) -> None:
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+    write_text_atomic(path, "".join(jsonl_line(r) for r in records))
 
 
 def write_npz_atomic(path, arrays: dict) -> None:

@@ -19,7 +19,7 @@ import pathlib
 import sys
 import time
 
-from diffrl_jax.cli.common import (add_distributed_options, parse_assignments, positive_int, read_jsonl,
+from diffrl_jax.cli.common import (add_distributed_options, jsonl_line, parse_assignments, positive_int, read_jsonl,
                                    save_figure_atomic, unit_interval, write_jsonl_atomic)
 from diffrl_jax.errors import ConfigError, DataError
 
@@ -157,7 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 timing["steady_s"] += elapsed
                 timing["steady_steps"] += steps
             row = {"step": step, **metrics, "steps_per_s": steps / elapsed}
-            log.write(json.dumps(row) + "\n")
+            log.write(jsonl_line(row))
             log.flush()
             rows.append(row)
             bar.update(steps)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import shutil
 import sys
@@ -122,6 +123,11 @@ def _robustness_samples(args, preset) -> int:
     return preset["robustness"] if args.robustness is None else args.robustness
 
 
+def _number(value) -> float:
+    """A metric as a float: NaN for a missing one or a null read back from metrics.jsonl."""
+    return float("nan") if value is None else float(value)
+
+
 def _plot_learning_curve(records: list[dict], path: pathlib.Path) -> None:
     import matplotlib
 
@@ -132,12 +138,12 @@ def _plot_learning_curve(records: list[dict], path: pathlib.Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for key, label in (("env/success", "success rate"), ("env/reward/held", "directions held")):
         if records and key in records[0]:
-            axes[0].plot(steps, [r[key] for r in records], label=label)
+            axes[0].plot(steps, [_number(r.get(key)) for r in records], label=label)
     axes[0].set_xlabel("environment steps")
     axes[0].set_ylim(0, 1)
     axes[0].legend()
     axes[0].set_title("training grasps")
-    axes[1].plot(steps, [r.get("reward", float("nan")) for r in records])
+    axes[1].plot(steps, [_number(r.get("reward")) for r in records])
     axes[1].set_xlabel("environment steps")
     axes[1].set_title("mean reward")
     fig.tight_layout()
@@ -259,15 +265,18 @@ def cmd_refine(args: argparse.Namespace) -> int:
                 row["env_steps"] = (it + i + 1) * ppo_config.num_envs * ppo_config.unroll_length
                 records.append(row)
                 for k, v in row.items():
-                    if k not in ("iteration", "env_steps"):
+                    # NaN: no episode finished this iteration (or a diverged
+                    # loss, which metrics.jsonl keeps as null); TensorBoard
+                    # has no NaN point to draw.
+                    if k not in ("iteration", "env_steps") and math.isfinite(v):
                         writer.add_scalar(k, v, row["iteration"])
             it += n
             write_jsonl_atomic(out / "metrics.jsonl", records)
             checkpoint.save(ckpt_dir, it, state, record)
             bar.update(n)
             last = records[-1]
-            bar.set_postfix(success=f"{last.get('env/success', float('nan')):.2f}",
-                            reward=f"{last.get('reward', float('nan')):.2f}")
+            bar.set_postfix(success=f"{_number(last.get('env/success')):.2f}",
+                            reward=f"{_number(last.get('reward')):.2f}")
     writer.close()
     _plot_learning_curve(records, out / "learning_curve.png")
     timings.update(train_s=train_s, jit_s=jit_s)
