@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from diffrl_jax.cli.common import (non_negative_float, positive_floats, positive_int, run_script, save_out_json,
+from diffrl_jax.cli.common import (non_negative_floats, positive_floats, positive_int, run_script, save_out_json,
                                    typed_assignments)
 from diffrl_jax.errors import ConfigError
 
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="raw failures per object and scale (the first N; default 16)")
     parser.add_argument("--attempts", type=positive_int, default=128, metavar="K",
                         help="random corrections per failure (default 128)")
-    parser.add_argument("--std", type=step_stds, default=(0.1,), metavar="S[,S,...]",
+    parser.add_argument("--std", type=non_negative_floats, default=(0.1,), metavar="S[,S,...]",
                         help="standard deviation of each action component (default 0.1, the refiner's "
                              "exploration); one per step with --steps, the last repeating (e.g. 0.2,0)")
     parser.add_argument("--steps", type=positive_int, default=1, metavar="K",
@@ -62,14 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="FILE.json", help="write the result here")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return parser
-
-
-def step_stds(text: str) -> tuple[float, ...]:
-    """argparse type: comma-separated finite numbers >= 0 (one action std per step)."""
-    try:
-        return tuple(non_negative_float(x) for x in text.split(","))
-    except (ValueError, argparse.ArgumentTypeError):
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= 0, got {text!r}") from None
 
 
 def std_of_step(stds: Sequence[float], step: int) -> float:

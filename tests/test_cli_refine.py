@@ -183,3 +183,11 @@ def test_bad_explore_is_a_usage_error(value, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--explore" in err and "Traceback" not in err
+
+
+def test_more_explore_values_than_steps_fail_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["refine", "/tmp/anything", "--out", str(out), "--steps", "2", "--explore", "0.2,0,0"])
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "explore gives 3 values for episodes of 2 step(s)" in err and "Traceback" not in err

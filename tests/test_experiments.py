@@ -403,12 +403,14 @@ def test_random_actions_depend_only_on_seed_and_row():
 def test_step_stds_repeat_the_last_and_reject_bad_values():
     import argparse
 
-    assert random_corrections.step_stds("0.2,0") == (0.2, 0.0)
+    from diffrl_jax.cli.common import non_negative_floats
+
+    assert non_negative_floats("0.2,0") == (0.2, 0.0)
     assert [random_corrections.std_of_step((0.2, 0.0), k) for k in range(4)] == [0.2, 0.0, 0.0, 0.0]
     assert [random_corrections.std_of_step((0.1,), k) for k in range(2)] == [0.1, 0.1]
     for bad in ("-1", "0.1,x", "nan", ""):
         with pytest.raises(argparse.ArgumentTypeError):
-            random_corrections.step_stds(bad)
+            non_negative_floats(bad)
 
 
 def test_random_corrections_end_to_end(example_dir, tmp_path, capsys):

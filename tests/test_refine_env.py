@@ -129,6 +129,57 @@ def test_exploration_noise():
             refine.add_exploration(policy, bad)
 
 
+def test_exploration_schedule():
+    assert refine.exploration_schedule(0.1, 3) == (0.1, 0.1, 0.1)
+    assert refine.exploration_schedule((0.2, 0.0), 3) == (0.2, 0.0, 0.0)  # the last repeats
+    assert refine.exploration_schedule([0.3], 1) == (0.3,)
+    with pytest.raises(ConfigError, match="2 values for episodes of 1 step"):
+        refine.exploration_schedule((0.2, 0.0), 1)
+    for bad in ((), (0.1, -0.1), (float("nan"),), float("inf")):
+        with pytest.raises(ConfigError, match="explore"):
+            refine.exploration_schedule(bad, 3)
+
+
+class _RecordingEnv:
+    """A stand-in for `RefineEnv` in `make_attempts`: the tested grasp is the action
+    itself, and only step `holds_at` of an episode holds, so the attempts' grasps are the
+    actions of that step."""
+
+    def __init__(self, steps, holds_at):
+        self.config = RefineConfig(steps=steps)
+        self.holds_at = holds_at
+
+    def start(self, index):
+        from brax.envs.base import State
+
+        zero = jnp.zeros(())
+        return State(pipeline_state=None, obs=jnp.zeros(4), reward=zero, done=zero, metrics={},
+                     info={"grasp": jnp.zeros(31), "t": jnp.zeros((), jnp.int32), "success": jnp.zeros((), bool)})
+
+    def step(self, state, action):
+        t = state.info["t"]
+        grasp = jnp.zeros(31).at[:ACTION_SIZE].set(action)
+        info = {"grasp": grasp, "t": t + 1, "success": t == self.holds_at}
+        done = (t + 1 >= self.config.steps).astype(jnp.float32)
+        return state.replace(reward=jnp.zeros(()), done=done, info=info)
+
+
+@pytest.mark.parametrize("holds_at, expected_std", [(0, 0.2), (1, 0.0), (2, 0.0)])
+def test_attempts_explore_each_step_with_its_own_std(holds_at, expected_std):
+    """`make_attempts(explore=(0.2, 0))`: noise of std 0.2 on the first correction only;
+    the first attempt is the deterministic policy's, noise-free."""
+    zero = lambda obs, key: jnp.zeros(ACTION_SIZE)  # noqa: E731  (policies with no spread)
+    env = _RecordingEnv(steps=3, holds_at=holds_at)
+    run = refine.make_attempts(env, zero, zero, attempts=65, explore=(0.2, 0.0))
+    grasps, success, _ = run(jnp.arange(4), jax.random.key(0))
+    assert grasps.shape == (4, 65, 31) and bool(success.all())
+    actions = np.asarray(grasps)[..., :ACTION_SIZE]
+    assert not actions[:, 0].any()  # the policy's mean, unexplored
+    np.testing.assert_allclose(actions[:, 1:].std(), expected_std, atol=0.01)
+    again = run(jnp.arange(4), jax.random.key(0))[0]
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(grasps))  # a key fixes the attempts
+
+
 def test_heldout_split_is_per_object_and_seeded():
     index = np.repeat(np.arange(3), [10, 5, 1])
     a = refine.split_heldout(index, 0.2, seed=0)

@@ -57,6 +57,14 @@ def positive_floats(text: str) -> tuple[float, ...]:
     return values
 
 
+def non_negative_floats(text: str) -> tuple[float, ...]:
+    """argparse type: comma-separated finite numbers >= 0 (e.g. one exploration std per step)."""
+    try:
+        return tuple(non_negative_float(x) for x in text.split(","))
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= 0, got {text!r}") from None
+
+
 def parse_assignments(items, flag: str) -> dict[str, str]:
     """`FIELD=VALUE` strings of a repeatable option -> {field: value text}."""
     out = {}

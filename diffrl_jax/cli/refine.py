@@ -28,7 +28,7 @@ import shutil
 import sys
 import time
 
-from diffrl_jax.cli.common import (non_negative_float, non_negative_int, positive_int, read_jsonl, save_figure_atomic,
+from diffrl_jax.cli.common import (non_negative_floats, non_negative_int, positive_int, read_jsonl, save_figure_atomic,
                                    typed_assignments, write_json_atomic, write_jsonl_atomic, write_npz_atomic)
 from diffrl_jax.errors import ConfigError
 
@@ -115,8 +115,12 @@ def _run_record(args, scenario, hold, ppo_config, refine_config, backend, preset
     }
 
 
-def _explore(args, preset) -> float:
-    return preset["explore"] if args.explore is None else args.explore
+def _explore(args, preset) -> float | list[float]:
+    """The adaptation's exploration std: one number, or one per step (as run.json records it,
+    so runs from before per-step values still resume)."""
+    if args.explore is None:
+        return preset["explore"]
+    return args.explore[0] if len(args.explore) == 1 else list(args.explore)
 
 
 def _robustness_samples(args, preset) -> int:
@@ -202,6 +206,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     budget = ObjectBudget(pieces=args.budget_pieces).validate()
     out = pathlib.Path(args.out)
     record = _run_record(args, scenario, hold, ppo_config, refine_config, backend, preset)
+    refine.exploration_schedule(record["explore"], refine_config.steps)  # before hours of training
     ckpt_dir = out / "checkpoints"
     if out.exists() and any(out.iterdir()) and not args.resume:
         raise ConfigError(f"{out} is not empty: pass --resume to continue its run, or choose a new --out")
@@ -396,9 +401,10 @@ def add_commands(commands) -> None:
     p.add_argument("--rounds", type=positive_int, metavar="R",
                    help="adaptation rounds: raw failures that no attempt fixed get up to R - 1 more rounds "
                         "of --attempts attempts each, stopping once one holds (default 1)")
-    p.add_argument("--explore", type=non_negative_float, metavar="STD",
+    p.add_argument("--explore", type=non_negative_floats, metavar="STD[,STD...]",
                    help="when adapting, Gaussian noise added to the sampled attempts' actions "
-                        "(action units, [-1, 1] per component; default: the preset's, 0.1)")
+                        "(action units, [-1, 1] per component; one value per step, the last repeating, "
+                        "e.g. 0.2,0; default: the preset's, 0.1)")
     p.add_argument("--robustness", type=non_negative_int, metavar="K",
                    help="label each kept grasp with the fraction of K perturbed copies that hold "
                         "(0: no label; default: the preset's, 16)")

@@ -15,7 +15,7 @@ physics and the policy run in the jitted functions of `refine_env` and `ppo`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -143,26 +143,55 @@ def add_exploration(policy: Callable, explore: float) -> Callable:
     return exploring
 
 
+def exploration_schedule(explore: float | Sequence[float], steps: int) -> tuple[float, ...]:
+    """The exploration std of each of an episode's `steps` corrections.
+
+    `explore` is one std for every step, or one per step with the last
+    repeating (e.g. (0.2, 0): a wide first correction, then the policy's own
+    samples from the settled grasp). More values than steps is an error.
+    """
+    values = (explore,) if np.isscalar(explore) else tuple(explore)
+    if not values:
+        raise ConfigError("explore needs at least one value")
+    if len(values) > steps:
+        raise ConfigError(f"explore gives {len(values)} values for episodes of {steps} step(s)")
+    for value in values:
+        if not (np.isfinite(value) and value >= 0):
+            raise ConfigError(f"explore must be finite and >= 0, got {value}")
+    return tuple(float(v) for v in values) + (float(values[-1]),) * (steps - len(values))
+
+
 def make_attempts(env: refine_env.RefineEnv, deterministic_policy: Callable,
-                  stochastic_policy: Callable, attempts: int, explore: float = 0.0):
+                  stochastic_policy: Callable, attempts: int, explore: float | Sequence[float] = 0.0):
     """A jitted `(rows [B], key) -> (grasps [B, K, 31], success [B, K], reward [B, K])`.
 
     K = `attempts` episodes per dataset row of `env`'s data: the first with the
     deterministic policy (its mean action), the others sampled from the
     policy, with Gaussian noise of standard deviation `explore` added to each
-    action component (0: the policy's own spread only). Each episode reports
-    the first holding grasp of its steps (or its best-rewarded one).
+    action component (0: the policy's own spread only; a sequence gives each
+    step its own, see `exploration_schedule`). Each episode reports the first
+    holding grasp of its steps (or its best-rewarded one).
     Policies are `(obs [O], key) -> action [A]`.
     """
     if attempts < 1:
         raise ConfigError(f"attempts must be at least 1, got {attempts}")
     steps = env.config.steps
-    stochastic_policy = add_exploration(stochastic_policy, explore)
+    schedule = exploration_schedule(explore, steps)
+    # One policy per distinct std; a constant schedule is exactly one policy.
+    distinct = sorted(set(schedule), key=schedule.index)
+    step_policies = [add_exploration(stochastic_policy, std) for std in distinct]
+    branch = jnp.asarray([distinct.index(std) for std in schedule], jnp.int32)
+
+    def per_step(policies):
+        if len(policies) == 1:
+            return lambda t, obs, key: policies[0](obs, key)
+        return lambda t, obs, key: jax.lax.switch(branch[t], policies, obs, key)
 
     def episode(policy, index, key):
-        def body(carry, key):
+        def body(carry, xs):
             state, best, ok, best_reward = carry
-            nxt = env.step(state, policy(state.obs, key))
+            t, key = xs
+            nxt = env.step(state, policy(t, state.obs, key))
             live = (state.done == 0) & ~ok
             take = live & (nxt.info["success"] | (nxt.reward > best_reward))
             best = jnp.where(take, nxt.info["grasp"], best)
@@ -173,15 +202,19 @@ def make_attempts(env: refine_env.RefineEnv, deterministic_policy: Callable,
 
         state = env.start(index)
         carry = (state, state.info["grasp"], jnp.zeros((), bool), jnp.full((), -jnp.inf))
-        (_, best, ok, reward), _ = jax.lax.scan(body, carry, jax.random.split(key, steps))
+        xs = (jnp.arange(steps), jax.random.split(key, steps))
+        (_, best, ok, reward), _ = jax.lax.scan(body, carry, xs)
         return best, ok, reward
+
+    deterministic = per_step([deterministic_policy])
+    stochastic = per_step(step_policies)
 
     def run(rows, key):
         keys = jax.random.split(key, (rows.shape[0], attempts))
         out = [jax.tree_util.tree_map(lambda x: x[:, None], jax.vmap(
-            lambda i, k: episode(deterministic_policy, i, k))(rows, keys[:, 0]))]
+            lambda i, k: episode(deterministic, i, k))(rows, keys[:, 0]))]
         if attempts > 1:
-            out.append(jax.vmap(jax.vmap(lambda i, k: episode(stochastic_policy, i, k),
+            out.append(jax.vmap(jax.vmap(lambda i, k: episode(stochastic, i, k),
                                          in_axes=(None, 0)))(rows, keys[:, 1:]))
         return tuple(jnp.concatenate(parts, axis=1) for parts in zip(*out))
 
