@@ -191,3 +191,15 @@ def test_more_explore_values_than_steps_fail_before_anything_is_written(tmp_path
     assert code == 2 and not out.exists()
     err = capsys.readouterr().err
     assert "explore gives 3 values for episodes of 2 step(s)" in err and "Traceback" not in err
+
+
+def test_explore_is_recorded_as_one_number_or_one_per_step():
+    """run.json keeps a single --explore value a number, as runs before per-step values
+    recorded it, so they still resume; several values stay a list."""
+    import argparse
+
+    from diffrl_jax.cli.refine import PRESETS, _explore
+
+    assert _explore(argparse.Namespace(explore=None), PRESETS["cpu"]) == PRESETS["cpu"]["explore"]
+    assert _explore(argparse.Namespace(explore=(0.3,)), PRESETS["cpu"]) == 0.3
+    assert _explore(argparse.Namespace(explore=(0.2, 0.0)), PRESETS["cpu"]) == [0.2, 0.0]
