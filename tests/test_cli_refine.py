@@ -203,3 +203,6 @@ def test_explore_is_recorded_as_one_number_or_one_per_step():
     assert _explore(argparse.Namespace(explore=None), PRESETS["cpu"]) == PRESETS["cpu"]["explore"]
     assert _explore(argparse.Namespace(explore=(0.3,)), PRESETS["cpu"]) == 0.3
     assert _explore(argparse.Namespace(explore=(0.2, 0.0)), PRESETS["cpu"]) == [0.2, 0.0]
+    # A preset's per-step values are recorded as JSON reads them back (a list), or --resume
+    # would find the settings changed.
+    assert _explore(argparse.Namespace(explore=None), {"explore": (0.2, 0.0)}) == [0.2, 0.0]

@@ -118,9 +118,9 @@ def _run_record(args, scenario, hold, ppo_config, refine_config, backend, preset
 def _explore(args, preset) -> float | list[float]:
     """The adaptation's exploration std: one number, or one per step (as run.json records it,
     so runs from before per-step values still resume)."""
-    if args.explore is None:
-        return preset["explore"]
-    return args.explore[0] if len(args.explore) == 1 else list(args.explore)
+    values = preset["explore"] if args.explore is None else args.explore
+    values = (values,) if isinstance(values, (int, float)) else tuple(values)
+    return float(values[0]) if len(values) == 1 else [float(v) for v in values]
 
 
 def _robustness_samples(args, preset) -> int:
