@@ -200,9 +200,9 @@ def test_explore_is_recorded_as_one_number_or_one_per_step():
 
     from diffrl_jax.cli.refine import PRESETS, _explore
 
-    assert _explore(argparse.Namespace(explore=None), PRESETS["cpu"]) == PRESETS["cpu"]["explore"]
-    assert _explore(argparse.Namespace(explore=(0.3,)), PRESETS["cpu"]) == 0.3
-    assert _explore(argparse.Namespace(explore=(0.2, 0.0)), PRESETS["cpu"]) == [0.2, 0.0]
-    # A preset's per-step values are recorded as JSON reads them back (a list), or --resume
-    # would find the settings changed.
-    assert _explore(argparse.Namespace(explore=None), {"explore": (0.2, 0.0)}) == [0.2, 0.0]
+    none, cpu = argparse.Namespace(explore=None), PRESETS["cpu"]
+    assert _explore(none, cpu, 3) == [0.2, 0.0]  # the preset's per-step exploration
+    assert _explore(none, cpu, 1) == 0.2  # cut to one-step episodes
+    assert _explore(argparse.Namespace(explore=(0.3,)), cpu, 3) == 0.3
+    assert _explore(argparse.Namespace(explore=(0.2, 0.0)), cpu, 3) == [0.2, 0.0]
+    assert _explore(none, {"explore": (0.2, 0.0)}, 2) == [0.2, 0.0]  # a list, as JSON reads it back
