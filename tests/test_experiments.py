@@ -400,7 +400,7 @@ def test_random_actions_depend_only_on_seed_and_row():
     assert not np.array_equal(random_corrections.random_actions(np.array([3, 7]), 5, 29, 0.5, seed=1, step=1), a)
 
 
-def test_step_stds_repeat_the_last_and_reject_bad_values():
+def test_per_step_stds_repeat_the_last_and_reject_bad_values():
     import argparse
 
     from diffrl_jax.cli.common import non_negative_floats

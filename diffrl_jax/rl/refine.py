@@ -178,7 +178,7 @@ def make_attempts(env: refine_env.RefineEnv, deterministic_policy: Callable,
     steps = env.config.steps
     schedule = exploration_schedule(explore, steps)
     # One policy per distinct std; a constant schedule is exactly one policy.
-    distinct = sorted(set(schedule), key=schedule.index)
+    distinct = list(dict.fromkeys(schedule))
     step_policies = [add_exploration(stochastic_policy, std) for std in distinct]
     branch = jnp.asarray([distinct.index(std) for std in schedule], jnp.int32)
 
