@@ -220,7 +220,7 @@ class Run:
 
     def open(self) -> None:
         """Creates RUN_DIR, or checks that the run in it has this config."""
-        from diffrl_jax.cli.common import write_json_atomic
+        from diffrl_jax.files import write_json_atomic
 
         state_path = self.path(STATE_FILE)
         if state_path.is_file():
@@ -243,7 +243,7 @@ class Run:
         return bool(self.state["stages"].get(stage, {}).get("done"))
 
     def record(self, stage: str, seconds: float, done: bool) -> None:
-        from diffrl_jax.cli.common import write_json_atomic
+        from diffrl_jax.files import write_json_atomic
 
         entry = self.state["stages"].setdefault(stage, {"seconds": 0.0, "attempts": 0})
         entry["seconds"] += seconds
@@ -428,7 +428,7 @@ def _plot_rates(summary: dict, path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from diffrl_jax.cli.common import save_figure_atomic
+    from diffrl_jax.files import save_figure_atomic
 
     rows = {**summary["objects"], "mean": summary["mean"]}  # one bar group per object, then the mean
     groups = list(rows)
@@ -491,7 +491,7 @@ def report_markdown(run: Run, summary: dict) -> str:
 
 
 def stage_report(run: Run) -> dict:
-    from diffrl_jax.cli.common import write_json_atomic, write_text_atomic
+    from diffrl_jax.files import write_json_atomic, write_text_atomic
 
     summary = collect(run)
     _plot_rates(summary, run.path("success_by_stage.png"))

@@ -33,8 +33,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from diffrl_jax.cli.common import (non_negative_float, parse_assignments, positive_int, run_script, save_figure_atomic,
-                                   write_json_atomic)
+from diffrl_jax.cli.common import non_negative_float, parse_assignments, positive_int, run_script
+from diffrl_jax.files import save_figure_atomic, write_json_atomic
 from diffrl_jax.errors import ConfigError, DataError
 
 RESULT_FILE = "scenario_sweep.json"

@@ -30,8 +30,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from diffrl_jax.cli.common import (parse_assignments, positive_int, run_script, save_figure_atomic,
-                                   write_json_atomic)
+from diffrl_jax.cli.common import parse_assignments, positive_int, run_script
+from diffrl_jax.files import save_figure_atomic, write_json_atomic
 from diffrl_jax.errors import ConfigError, DataError
 
 RESULT_FILE = "seed_sweep.json"

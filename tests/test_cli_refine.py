@@ -101,7 +101,7 @@ def test_killed_run_resumes_to_the_same_end(run, tmp_path):
 
 
 def test_metrics_log_is_strict_json(tmp_path):
-    from diffrl_jax.cli.common import read_jsonl, write_jsonl_atomic
+    from diffrl_jax.files import read_jsonl, write_jsonl_atomic
 
     path = tmp_path / "metrics.jsonl"
     write_jsonl_atomic(path, [{"iteration": 1, "episode_length": float("nan"), "loss": float("inf"),

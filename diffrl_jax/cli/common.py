@@ -1,5 +1,5 @@
 """Pieces every `diffrl` command shares: argument types, FIELD=VALUE options,
-and output files that are never left half-written."""
+the experiment scripts' shell. Output files are written by `diffrl_jax.files`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import math
 import os
 import pathlib
 import sys
-import tempfile
 
 from diffrl_jax.errors import ConfigError, DiffrlError
+from diffrl_jax.files import write_json_atomic
 
 
 def positive_int(text: str) -> int:
@@ -83,25 +83,6 @@ def typed_assignments(items, flag: str, config, what: str) -> dict:
     return parse_overrides(config, parse_assignments(items, flag), what)
 
 
-def write_text_atomic(path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename."""
-    path = pathlib.Path(path)
-    if not path.parent.is_dir():
-        raise DiffrlError(f"directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path, payload: dict) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2))
-
-
 def save_json_result(out, payload: dict) -> None:
     """A script's `--out FILE.json`: parents made, written atomically; a directory is a user error."""
     out = pathlib.Path(out)
@@ -115,60 +96,6 @@ def save_out_json(args: argparse.Namespace, result: dict) -> None:
     """`run_script`'s save for scripts whose only file is `--out FILE.json` (optional)."""
     if args.out:
         save_json_result(args.out, result)
-
-
-def jsonl_line(record: dict) -> str:
-    """One metrics record as a strict-JSON line: a non-finite number (an episode
-    mean with no episode finished, a diverged loss) becomes null, which `jq`
-    and other strict readers accept where they refuse NaN."""
-    def finite_or_none(value):
-        return None if isinstance(value, float) and not math.isfinite(value) else value
-
-    return json.dumps({k: finite_or_none(v) for k, v in record.items()}, allow_nan=False) + "\n"
-
-
-def write_jsonl_atomic(path, records: list[dict]) -> None:
-    write_text_atomic(path, "".join(jsonl_line(r) for r in records))
-
-
-def write_npz_atomic(path, arrays: dict) -> None:
-    """`np.savez` through a temporary file and a rename."""
-    import numpy as np
-
-    path = pathlib.Path(path)
-    if not path.parent.is_dir():
-        raise DiffrlError(f"directory {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    try:
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def read_jsonl(path, key: str, upto: int | None = None) -> list[dict]:
-    """The records of a JSONL log, keeping those with `record[key] <= upto`.
-
-    Used on resume to drop what was logged after the last checkpoint. A torn
-    last line (a run killed while appending) is dropped; a bad line before it
-    is a `DataError`.
-    """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise DiffrlError(f"{path}: line {i + 1} is not JSON") from None
-        if not isinstance(record, dict) or key not in record:
-            raise DiffrlError(f"{path}: line {i + 1} has no {key!r}")
-        records.append(record)
-    return [r for r in records if upto is None or r[key] <= upto]
 
 
 def add_distributed_options(parser: argparse.ArgumentParser) -> None:
@@ -198,20 +125,6 @@ def join_processes(args: argparse.Namespace) -> None:
     os.dup2(2, 1)
     sys.stdout = os.fdopen(stdout, "w", buffering=1)
     parallel.initialize(config)
-
-
-def save_figure_atomic(fig, path, dpi: int = 100) -> None:
-    """Save a matplotlib figure as PNG through a temporary file, then close it."""
-    import matplotlib.pyplot as plt
-
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=dpi)
-        tmp.replace(path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 EXIT_USER_ERROR = 2

@@ -19,8 +19,8 @@ import pathlib
 import sys
 import time
 
-from diffrl_jax.cli.common import (add_distributed_options, jsonl_line, parse_assignments, positive_int, read_jsonl,
-                                   save_figure_atomic, unit_interval, write_jsonl_atomic)
+from diffrl_jax.cli.common import add_distributed_options, parse_assignments, positive_int, unit_interval
+from diffrl_jax.files import jsonl_line, read_jsonl, save_figure_atomic, write_jsonl_atomic
 from diffrl_jax.errors import ConfigError, DataError
 
 METRICS_FILE = "metrics.jsonl"

@@ -25,8 +25,8 @@ import sys
 import tempfile
 import time
 
-from diffrl_jax.cli.common import (non_negative_int, positive_int, typed_assignments, write_json_atomic,
-                                   write_jsonl_atomic)
+from diffrl_jax.cli.common import non_negative_int, positive_int, typed_assignments
+from diffrl_jax.files import write_json_atomic, write_jsonl_atomic
 from diffrl_jax.errors import ConfigError, DataError
 
 

@@ -12,9 +12,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from diffrl_jax.cli.common import (EXIT_USER_ERROR, add_distributed_options, join_processes, parse_assignments,
-                                   positive_int, typed_assignments, write_json_atomic, write_npz_atomic,
-                                   write_text_atomic)
+from diffrl_jax.cli.common import EXIT_USER_ERROR, add_distributed_options, join_processes, parse_assignments, positive_int, typed_assignments
+from diffrl_jax.files import write_json_atomic, write_npz_atomic, write_text_atomic
 from diffrl_jax.errors import DiffrlError
 
 

@@ -28,8 +28,8 @@ import shutil
 import sys
 import time
 
-from diffrl_jax.cli.common import (non_negative_floats, non_negative_int, positive_int, read_jsonl, save_figure_atomic,
-                                   typed_assignments, write_json_atomic, write_jsonl_atomic, write_npz_atomic)
+from diffrl_jax.cli.common import non_negative_floats, non_negative_int, positive_int, typed_assignments
+from diffrl_jax.files import read_jsonl, save_figure_atomic, write_json_atomic, write_jsonl_atomic, write_npz_atomic
 from diffrl_jax.errors import ConfigError
 
 SCENARIOS = {

@@ -17,17 +17,15 @@ allowed globals return small stand-ins that record their arguments and
 state, validate them, and build the real numpy objects from scratch.
 """
 
-import contextlib
 import io
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import numpy.lib.format as npy_format
 
 from diffrl_jax.errors import DataError
+from diffrl_jax.files import atomic_path
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _multiarray
@@ -267,17 +265,6 @@ def save_object_npy(path, array) -> None:
     `np.load(path, allow_pickle=True)` reads them back. A failure leaves any
     previous file at `path` untouched and no temp file behind.
     """
-    path = Path(path)
     array = np.asanyarray(array)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array, allow_pickle=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; data files are for everyone to read
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    with atomic_path(path, ".npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array, allow_pickle=True)

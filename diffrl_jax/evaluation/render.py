@@ -28,10 +28,8 @@ import importlib
 import itertools
 import math
 import os
-import pathlib
 import subprocess
 import sys
-import tempfile
 import threading
 from fractions import Fraction
 
@@ -40,6 +38,7 @@ import numpy as np
 
 from diffrl_jax.data import grasps as grasp_lib
 from diffrl_jax.errors import DiffrlError
+from diffrl_jax.files import atomic_path
 from diffrl_jax.hand import constants
 
 # Tried in this order when MUJOCO_GL is not set (macOS renders offscreen with CGL).
@@ -394,22 +393,6 @@ def lift_frames(template, prepared, object_pose, world_grasp, *, fps: float = 30
 # Files.
 
 
-@contextlib.contextmanager
-def _atomic_path(path, suffix: str):
-    """Yields a temporary path beside `path`; renamed to `path` on success, removed on failure."""
-    path = pathlib.Path(path)
-    if not path.parent.is_dir():
-        raise RenderError(f"directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check_frames(frames) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) < 1:
@@ -422,7 +405,7 @@ def write_png(image, path) -> None:
     from PIL import Image
 
     image = _check_frames(np.asarray(image)[None])[0]
-    with _atomic_path(path, ".png") as tmp:
+    with atomic_path(path, ".png") as tmp:
         try:
             Image.fromarray(image, "RGB").save(tmp, format="PNG")
         except OSError as e:
@@ -458,7 +441,7 @@ def write_mp4(frames, path, fps: float = 30.0) -> None:
     if height % 2 or width % 2:
         raise ValueError(f"H.264 (yuv420p) needs an even width and height, got {width} x {height}")
     rate = Fraction(fps).limit_denominator(1001)
-    with _atomic_path(path, ".mp4") as tmp:
+    with atomic_path(path, ".mp4") as tmp:
         try:
             with av.open(tmp, mode="w", format="mp4") as container:
                 stream = container.add_stream(codec, rate=rate)
