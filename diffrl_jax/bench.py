@@ -183,7 +183,7 @@ def bench_validate(batches: Sequence[int], backend: str = "mjx", pieces: int = 8
 
 
 def bench_ppo(batches: Sequence[int], backend: str = "mjx", pieces: int = 8, repeats: int = 1) -> list[Figure]:
-    from diffrl_jax.cli.main import _write_mesh
+    from diffrl_jax.data.dexgraspnet import write_mesh
     from diffrl_jax.data.dexgraspnet import load_dexgraspnet, write_dexgraspnet
     from diffrl_jax.data.example import example_dataset
     from diffrl_jax.rl import ppo, refine
@@ -194,7 +194,7 @@ def bench_ppo(batches: Sequence[int], backend: str = "mjx", pieces: int = 8, rep
     hold_protocol = protocol.protocol("strict")
     with tempfile.TemporaryDirectory() as root:
         dataset, text = example_dataset("bottle", 8, seed=0)
-        _write_mesh(root, dataset.object_codes[0], text)
+        write_mesh(root, dataset.object_codes[0], text)
         write_dexgraspnet(root, dataset)
         problem = refine.build_problem(load_dexgraspnet(root), hold_protocol, bank.ObjectBudget(pieces=pieces),
                                        heldout_fraction=0.0)

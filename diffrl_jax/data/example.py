@@ -25,9 +25,9 @@ from diffrl_jax.hand import constants
 from diffrl_jax.objects import assets
 from diffrl_jax.scene import Scene, build_scene
 
-_J = {name: i for i, name in enumerate(constants.JOINT_NAMES)}
+JOINT_INDEX = {name: i for i, name in enumerate(constants.JOINT_NAMES)}
 # Per finger: joint indices, open pose, closing direction (rad per unit of s).
-_FINGERS = {
+FINGERS = {
     "ff": (["robot0:FFJ3", "robot0:FFJ2", "robot0:FFJ1", "robot0:FFJ0"], [0, 0, 0, 0], [0, 0.6, 1.0, 0.5]),
     "mf": (["robot0:MFJ3", "robot0:MFJ2", "robot0:MFJ1", "robot0:MFJ0"], [0, 0, 0, 0], [0, 0.6, 1.0, 0.5]),
     "rf": (["robot0:RFJ3", "robot0:RFJ2", "robot0:RFJ1", "robot0:RFJ0"], [0, 0, 0, 0], [0, 0.6, 1.0, 0.5]),
@@ -36,8 +36,8 @@ _FINGERS = {
     "th": (["robot0:THJ4", "robot0:THJ3", "robot0:THJ2", "robot0:THJ1", "robot0:THJ0"],
            [0.3, 0.6, 0, 0, 0], [0, 0.4, 0, -0.35, -0.5]),
 }
-_S_MAX = 1.5
-_PALM_CENTRE = np.array([0.011, -0.0111, 0.045])  # on the palm's inner face, local frame
+FINGER_CLOSE_MAX = 1.5
+PALM_CENTRE = np.array([0.011, -0.0111, 0.045])  # on the palm's inner face, local frame
 
 
 def object_mesh_pieces(obj: assets.ObjectAsset, points: int = 48) -> list[np.ndarray]:
@@ -87,10 +87,10 @@ def _min_distance(model, data, geoms, object_geoms, fromto) -> float:
     return min_distance(model, data, geoms, object_geoms, 0.05, fromto)
 
 
-def _finger_geoms(scene: Scene) -> dict[str, list[int]]:
+def finger_geoms(scene: Scene) -> dict[str, list[int]]:
     model = scene.model
     out = {}
-    for finger in _FINGERS:
+    for finger in FINGERS:
         out[finger] = [g for g in scene.hand_geoms
                        if model.geom(g).name.startswith(f"robot0:C_{finger}")]
     return out
@@ -108,7 +108,7 @@ def kinematic_grasps(scene: Scene, n: int, seed: int = 0, clearance: float = 0.0
     model, data = scene.model, mujoco.MjData(scene.model)
     rng = np.random.default_rng(seed)
     fromto = np.zeros(6)
-    fingers = _finger_geoms(scene)
+    fingers = finger_geoms(scene)
     palm_geoms = [g for g in scene.hand_geoms if model.geom(g).name.startswith("robot0:C_palm")]
     out: list[np.ndarray] = []
     tries = 0
@@ -123,14 +123,14 @@ def kinematic_grasps(scene: Scene, n: int, seed: int = 0, clearance: float = 0.0
         z /= np.linalg.norm(z)
         rot = np.stack([np.cross(d, z), d, z], axis=-1)  # palm's +y (its back) along d
         joints = np.zeros(constants.NUM_JOINTS)
-        for names, open_pose, _ in _FINGERS.values():
-            joints[[_J[m] for m in names]] = open_pose
+        for names, open_pose, _ in FINGERS.values():
+            joints[[JOINT_INDEX[m] for m in names]] = open_pose
 
         # The palm's rotation is fixed per candidate: its wrist hinge angles once.
         wrist_angles = grasp_lib.wrist_qpos(grasp_lib.make_grasps(np.zeros(3), rot, joints))[3:]
 
         def palm_position(h):
-            return d * h - rot @ _PALM_CENTRE
+            return d * h - rot @ PALM_CENTRE
 
         def place(h):
             data.qpos[scene.hand_qpos[:3]] = palm_position(h)
@@ -154,19 +154,19 @@ def kinematic_grasps(scene: Scene, n: int, seed: int = 0, clearance: float = 0.0
         if _min_distance(model, data, scene.hand_geoms, scene.object_geoms, fromto) < 0:
             continue  # an open finger already inside the object
         touching = {}
-        for finger, (names, open_pose, direction) in _FINGERS.items():
-            idx = [_J[m] for m in names]
+        for finger, (names, open_pose, direction) in FINGERS.items():
+            idx = [JOINT_INDEX[m] for m in names]
 
             def gap(s):
                 joints[idx] = np.asarray(open_pose) + s * np.asarray(direction)
                 place(hi)
                 return _min_distance(model, data, fingers[finger], scene.object_geoms, fromto)
 
-            if gap(_S_MAX) > 0:
+            if gap(FINGER_CLOSE_MAX) > 0:
                 touching[finger] = False
                 gap(0.0)  # leave a finger that reaches nothing open
                 continue
-            a, b = 0.0, _S_MAX
+            a, b = 0.0, FINGER_CLOSE_MAX
             while b - a > 1e-3:
                 mid = 0.5 * (a + b)
                 a, b = (mid, b) if gap(mid) > 0 else (a, mid)

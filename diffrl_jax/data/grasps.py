@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from diffrl_jax.data import rotations
-from diffrl_jax.data.rotations import _as_float, _xp
+from diffrl_jax.data.rotations import as_float, array_namespace
 from diffrl_jax.hand import constants
 
 GRASP_DIM = 31
@@ -26,8 +26,8 @@ JOINTS = slice(9, 31)
 
 def make_grasps(translation, rotation, joints):
     """[..., 3], [..., 3, 3], [..., 22] -> [..., 31]; batch dims broadcast."""
-    xp = _xp(translation, rotation, joints)
-    translation, rotation, joints = (_as_float(xp, a) for a in (translation, rotation, joints))
+    xp = array_namespace(translation, rotation, joints)
+    translation, rotation, joints = (as_float(xp, a) for a in (translation, rotation, joints))
     rot6d = rotations.matrix_to_rot6d(rotation)
     batch = xp.broadcast_shapes(translation.shape[:-1], rot6d.shape[:-1], joints.shape[:-1])
     parts = [xp.broadcast_to(a, batch + a.shape[-1:]) for a in (translation, rot6d, joints)]
@@ -36,8 +36,8 @@ def make_grasps(translation, rotation, joints):
 
 def split_grasps(grasps):
     """[..., 31] -> (translation [..., 3], rotation [..., 3, 3], joints [..., 22])."""
-    xp = _xp(grasps)
-    grasps = _as_float(xp, grasps)
+    xp = array_namespace(grasps)
+    grasps = as_float(xp, grasps)
     return (
         grasps[..., TRANSLATION],
         rotations.rot6d_to_matrix(grasps[..., ROT6D]),
@@ -108,8 +108,8 @@ def arrays_to_qpos_dicts(translation, euler_sxyz, joints) -> list[dict[str, floa
 
 def invert_pose(rotation, translation):
     """Pose of A in B [..., 3, 3], [..., 3] -> pose of B in A: (R^T, -R^T t)."""
-    xp = _xp(rotation, translation)
-    rotation, translation = _as_float(xp, rotation), _as_float(xp, translation)
+    xp = array_namespace(rotation, translation)
+    rotation, translation = as_float(xp, rotation), as_float(xp, translation)
     inverse = xp.swapaxes(rotation, -1, -2)
     return inverse, -xp.matmul(inverse, translation[..., None])[..., 0]
 
@@ -122,8 +122,8 @@ def transform_grasps(grasps, rotation, translation):
     columns are rotated directly, which skips Gram-Schmidt and keeps them
     exactly as given up to rounding. Joints are unchanged.
     """
-    xp = _xp(grasps, rotation, translation)
-    grasps, rotation, translation = (_as_float(xp, a) for a in (grasps, rotation, translation))
+    xp = array_namespace(grasps, rotation, translation)
+    grasps, rotation, translation = (as_float(xp, a) for a in (grasps, rotation, translation))
     columns = xp.stack([grasps[..., 3:6], grasps[..., 6:9]], axis=-1)  # [..., 3, 2]
     columns = xp.matmul(rotation, columns)
     new_translation = xp.matmul(rotation, grasps[..., TRANSLATION, None])[..., 0] + translation
@@ -154,7 +154,7 @@ def wrist_qpos(grasps):
     MuJoCo composes a body's hinges intrinsically, so R = Rz(c) Ry(b) Rx(a),
     which is exactly 'sxyz' (a, b, c); the hinge values are thus (c, b, a).
     """
-    xp = _xp(grasps)
+    xp = array_namespace(grasps)
     translation, rotation, _ = split_grasps(grasps)
     euler = rotations.matrix_to_euler_sxyz(rotation)
     return xp.concatenate([translation, euler[..., ::-1]], axis=-1)
@@ -162,15 +162,15 @@ def wrist_qpos(grasps):
 
 def grasps_from_wrist_qpos(wrist, joints):
     """Wrist joint values [..., 6] (tx, ty, tz, c, b, a), joints [..., 22] -> [..., 31]."""
-    xp = _xp(wrist, joints)
-    wrist = _as_float(xp, wrist)
+    xp = array_namespace(wrist, joints)
+    wrist = as_float(xp, wrist)
     return grasps_from_dexgraspnet_qpos(wrist[..., :3], wrist[..., 3:][..., ::-1], joints)
 
 
 def clip_to_joint_limits(grasps):
     """[..., 31] -> [..., 31] with joints clipped to `constants.JOINT_RANGES`."""
-    xp = _xp(grasps)
-    grasps = _as_float(xp, grasps)
+    xp = array_namespace(grasps)
+    grasps = as_float(xp, grasps)
     low, high = constants.JOINT_RANGES[:, 0], constants.JOINT_RANGES[:, 1]
     joints = xp.clip(grasps[..., JOINTS], low.astype(grasps.dtype), high.astype(grasps.dtype))
     return xp.concatenate([grasps[..., :JOINTS.start], joints], axis=-1)
@@ -178,8 +178,8 @@ def clip_to_joint_limits(grasps):
 
 def joint_limit_violation(grasps):
     """[..., 31] -> [..., 22] radians outside `constants.JOINT_RANGES`, 0 inside."""
-    xp = _xp(grasps)
-    grasps = _as_float(xp, grasps)
+    xp = array_namespace(grasps)
+    grasps = as_float(xp, grasps)
     joints = grasps[..., JOINTS]
     low = constants.JOINT_RANGES[:, 0].astype(grasps.dtype)
     high = constants.JOINT_RANGES[:, 1].astype(grasps.dtype)

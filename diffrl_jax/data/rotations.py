@@ -21,12 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _xp(*arrays):
+def array_namespace(*arrays):
     """numpy if no input is a jax array or tracer, else jax.numpy."""
     return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
 
 
-def _as_float(xp, x):
+def as_float(xp, x):
     x = xp.asarray(x)
     return x if xp.issubdtype(x.dtype, xp.floating) else x.astype(float)
 
@@ -37,8 +37,8 @@ def _norm(xp, v):
 
 def matrix_to_rot6d(matrix):
     """[..., 3, 3] rotation -> [..., 6] first two columns, concatenated."""
-    xp = _xp(matrix)
-    matrix = _as_float(xp, matrix)
+    xp = array_namespace(matrix)
+    matrix = as_float(xp, matrix)
     return xp.concatenate([matrix[..., :, 0], matrix[..., :, 1]], axis=-1)
 
 
@@ -48,8 +48,8 @@ def rot6d_to_matrix(rot6d):
     Any 6-vector whose two halves are non-zero and not parallel maps to a
     proper rotation, which is why networks predict this representation.
     """
-    xp = _xp(rot6d)
-    rot6d = _as_float(xp, rot6d)
+    xp = array_namespace(rot6d)
+    rot6d = as_float(xp, rot6d)
     a1, a2 = rot6d[..., 0:3], rot6d[..., 3:6]
     b1 = a1 / _norm(xp, a1)
     b2 = a2 - xp.sum(b1 * a2, axis=-1, keepdims=True) * b1
@@ -63,8 +63,8 @@ def quat_to_matrix(quat):
 
     Scales by 2 / |q|^2, so non-unit (non-zero) quaternions are accepted.
     """
-    xp = _xp(quat)
-    quat = _as_float(xp, quat)
+    xp = array_namespace(quat)
+    quat = as_float(xp, quat)
     w, x, y, z = (quat[..., i] for i in range(4))
     s = 2.0 / xp.sum(quat * quat, axis=-1)
     xx, yy, zz = s * x * x, s * y * y, s * z * z
@@ -85,8 +85,8 @@ def matrix_to_quat(matrix):
     (|w|, |x|, |y| or |z|) is largest, so we never divide by a small number.
     All four are computed and the choice is a `where`, to stay jittable.
     """
-    xp = _xp(matrix)
-    m = _as_float(xp, matrix)
+    xp = array_namespace(matrix)
+    m = as_float(xp, matrix)
     m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
     m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
     m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
@@ -120,8 +120,8 @@ def euler_sxyz_to_matrix(euler):
 
     Same numbers as transforms3d.euler.euler2mat(a, b, c, axes='sxyz').
     """
-    xp = _xp(euler)
-    euler = _as_float(xp, euler)
+    xp = array_namespace(euler)
+    euler = as_float(xp, euler)
     si, sj, sk = (xp.sin(euler[..., i]) for i in range(3))
     ci, cj, ck = (xp.cos(euler[..., i]) for i in range(3))
     cc, cs, sc, ss = ci * ck, ci * sk, si * ck, si * sk
@@ -140,8 +140,8 @@ def matrix_to_euler_sxyz(matrix):
     a, c in [-pi, pi], b in [-pi/2, pi/2]. At gimbal lock (cos b < 4 eps of
     the dtype) only a - c or a + c is defined, and c is set to 0.
     """
-    xp = _xp(matrix)
-    m = _as_float(xp, matrix)
+    xp = array_namespace(matrix)
+    m = as_float(xp, matrix)
     eps = 4.0 * np.finfo(m.dtype).eps
     cy = xp.sqrt(m[..., 0, 0] ** 2 + m[..., 1, 0] ** 2)
     locked = cy <= eps
@@ -157,8 +157,8 @@ def matrix_to_euler_sxyz(matrix):
 
 def quat_multiply(q1, q2):
     """Hamilton product [..., 4] x [..., 4] -> [..., 4], so R(q1 q2) = R(q1) R(q2)."""
-    xp = _xp(q1, q2)
-    q1, q2 = _as_float(xp, q1), _as_float(xp, q2)
+    xp = array_namespace(q1, q2)
+    q1, q2 = as_float(xp, q1), as_float(xp, q2)
     w1, x1, y1, z1 = (q1[..., i] for i in range(4))
     w2, x2, y2, z2 = (q2[..., i] for i in range(4))
     return xp.stack(
@@ -174,8 +174,8 @@ def quat_multiply(q1, q2):
 
 def quat_conjugate(quat):
     """[..., 4] -> [..., 4] (w, -x, -y, -z), the inverse of a unit quaternion."""
-    xp = _xp(quat)
-    quat = _as_float(xp, quat)
+    xp = array_namespace(quat)
+    quat = as_float(xp, quat)
     return xp.concatenate([quat[..., :1], -quat[..., 1:]], axis=-1)
 
 
@@ -197,8 +197,8 @@ def rotation_angle(rotation_a, rotation_b):
     clip keeps slightly non-orthonormal (float32) inputs in range; the sin
     norm uses a safe sqrt so the gradient is 0, not NaN, at exactly 0 and pi.
     """
-    xp = _xp(rotation_a, rotation_b)
-    ra, rb = _as_float(xp, rotation_a), _as_float(xp, rotation_b)
+    xp = array_namespace(rotation_a, rotation_b)
+    ra, rb = as_float(xp, rotation_a), as_float(xp, rotation_b)
     rel = xp.matmul(xp.swapaxes(ra, -1, -2), rb)
     cos2 = xp.clip(rel[..., 0, 0] + rel[..., 1, 1] + rel[..., 2, 2] - 1.0, -2.0, 2.0)
     axis2 = xp.stack(  # 2 sin(theta) * axis
@@ -217,8 +217,8 @@ def rotvec_to_matrix(rotvec):
     Uses the Taylor series of sin(t)/t and (1 - cos t)/t^2 below 1e-4 rad so
     the result and its gradient stay finite at zero.
     """
-    xp = _xp(rotvec)
-    v = _as_float(xp, rotvec)
+    xp = array_namespace(rotvec)
+    v = as_float(xp, rotvec)
     t2 = xp.sum(v * v, axis=-1)[..., None, None]
     small = t2 < 1e-8
     t2s = xp.where(small, 1.0, t2)

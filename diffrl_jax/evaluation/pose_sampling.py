@@ -93,7 +93,7 @@ def contact_score(template: bank.SimTemplate, fields: bank.ObjectFields, grasps:
     model = template.scene.model
     caps = np.array([g for g in template.scene.hand_geoms if model.geom_type[g] == 3])
     tips = np.isin(caps, template.scene.fingertip_geoms)
-    per_capsule = len(hold._CAPSULE_POINTS)
+    per_capsule = len(hold.CAPSULE_POINTS)
 
     def one(grasp):
         d = template.blank_data.replace(qpos=hold.initial_qpos(template, grasp))

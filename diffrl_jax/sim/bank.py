@@ -38,7 +38,7 @@ from diffrl_jax.objects import assets
 from diffrl_jax.scene import Scene, SceneConfig, blank_data, build_scene, put_model
 from diffrl_jax.sim.protocol import HoldProtocol
 
-_PAD_PIECE = np.array([[0.0, 0.0, -10.0], [0.01, 0.0, -10.0], [0.0, 0.01, -10.0], [0.0, 0.0, -9.99]])
+PAD_PIECE = np.array([[0.0, 0.0, -10.0], [0.01, 0.0, -10.0], [0.0, 0.01, -10.0], [0.0, 0.0, -9.99]])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +179,7 @@ def prepare_object(obj: assets.ObjectAsset, budget: ObjectBudget = ObjectBudget(
     volume = sum(spatial.ConvexHull(p).volume for p in pieces)
     mass = obj.mass if obj.mass is not None else (density or obj.density) * volume
     mass *= mass_scale
-    model = _object_only_model(pieces + [_PAD_PIECE] * (budget.pieces - len(pieces)), 1.0)
+    model = _object_only_model(pieces + [PAD_PIECE] * (budget.pieces - len(pieces)), 1.0)
     convex = _convex_arrays(model, budget)
     # Mass properties from the real pieces only, at the density giving `mass`.
     real = _object_only_model(pieces, mass / volume)
@@ -245,7 +245,7 @@ def template_scene(budget: ObjectBudget, friction: float, build) -> Scene:
     The scene every object of the budget is swapped into (`world_model`).
     """
     pad = assets.ObjectAsset(
-        "template", tuple(assets.ConvexPiece(_PAD_PIECE) for _ in range(budget.pieces)),
+        "template", tuple(assets.ConvexPiece(PAD_PIECE) for _ in range(budget.pieces)),
         mass=0.1, friction=(friction, 0.005, 0.0001))
     scene = build(pad)
     model = scene.model

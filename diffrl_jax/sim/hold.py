@@ -31,7 +31,7 @@ from diffrl_jax.sim.bank import ObjectFields, SimTemplate, world_model
 from diffrl_jax.sim.protocol import DIRECTIONS
 
 # Hand points used for the squeeze: each capsule's two ends and centre.
-_CAPSULE_POINTS = (-1.0, 0.0, 1.0)
+CAPSULE_POINTS = (-1.0, 0.0, 1.0)
 _DLS_DAMPING = 1e-5  # m^2: keeps joints without nearby points still
 # Flexion joints of the four fingers (closure is positive for them).
 _CLOSURE_MASK = np.array([n[-2:] in ("J0", "J1", "J2", "J3") and not n.startswith("robot0:TH")
@@ -102,7 +102,7 @@ def capsule_points(template: SimTemplate, d):
     model = template.scene.model
     caps = np.array([g for g in template.scene.hand_geoms
                      if model.geom_type[g] == 3])  # mjGEOM_CAPSULE
-    t = np.array(_CAPSULE_POINTS)
+    t = np.array(CAPSULE_POINTS)
     half = model.geom_size[caps, 1]
     axis = d.geom_xmat[caps][:, :, 2]  # [C, 3]
     pts = d.geom_xpos[caps][:, None, :] + (t[None, :, None] * half[:, None, None]) * axis[:, None, :]
@@ -158,7 +158,7 @@ def initial_state(template: SimTemplate, fields: ObjectFields, grasps: jax.Array
     return qpos, ctrl
 
 
-def _rollout(m, d, steps: int):
+def rollout(m, d, steps: int):
     """`steps` of mjx.step; a non-finite state freezes the world. Returns (d, finite)."""
     mjx = import_mjx()
 
@@ -210,7 +210,7 @@ def hold_object(template: SimTemplate, fields: ObjectFields, grasps: jax.Array) 
 
     settled, ok = d0, jnp.ones(grasps.shape[0], bool)
     if protocol.settle_steps > 0:
-        settled, ok = jax.vmap(lambda d: _rollout(m, d, protocol.settle_steps))(d0)
+        settled, ok = jax.vmap(lambda d: rollout(m, d, protocol.settle_steps))(d0)
 
     # [n] -> [n, D]: one world per pull direction.
     force = (fields.body_mass[template.scene.object_body] * protocol.acceleration
@@ -218,7 +218,7 @@ def hold_object(template: SimTemplate, fields: ObjectFields, grasps: jax.Array) 
 
     def pull(d, direction_force):
         xfrc = d.xfrc_applied.at[template.scene.object_body, :3].set(direction_force)
-        d, finite = _rollout(m, d.replace(xfrc_applied=xfrc), protocol.hold_steps)
+        d, finite = rollout(m, d.replace(xfrc_applied=xfrc), protocol.hold_steps)
         d = mjx.kinematics(m, d)
         return d, finite
 

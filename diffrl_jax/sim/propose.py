@@ -23,7 +23,7 @@ import numpy as np
 from mujoco import rollout
 
 from diffrl_jax.data import grasps as grasp_lib
-from diffrl_jax.data.example import _FINGERS, _J, _PALM_CENTRE, _S_MAX, _finger_geoms
+from diffrl_jax.data.example import FINGER_CLOSE_MAX, FINGERS, JOINT_INDEX, PALM_CENTRE, finger_geoms
 from diffrl_jax.errors import ConfigError
 from diffrl_jax.runtime import usable_cpus
 from diffrl_jax.evaluation.geometry import min_distance
@@ -34,10 +34,10 @@ _LOW, _HIGH = constants.JOINT_RANGES[:, 0], constants.JOINT_RANGES[:, 1]
 # Open pose and closed servo target of the 22 finger joints (example.py's paths).
 OPEN_POSE = np.zeros(constants.NUM_JOINTS)
 CLOSED_POSE = np.zeros(constants.NUM_JOINTS)
-for _names, _open, _direction in _FINGERS.values():
-    _idx = [_J[name] for name in _names]
+for _names, _open, _direction in FINGERS.values():
+    _idx = [JOINT_INDEX[name] for name in _names]
     OPEN_POSE[_idx] = _open
-    CLOSED_POSE[_idx] = np.asarray(_open) + _S_MAX * np.asarray(_direction)
+    CLOSED_POSE[_idx] = np.asarray(_open) + FINGER_CLOSE_MAX * np.asarray(_direction)
 CLOSED_POSE = np.clip(CLOSED_POSE, _LOW, _HIGH)
 
 # The object's mass (kg) while fingers close; its inertia scales along.
@@ -133,7 +133,7 @@ class _Geometry:
                      if name.startswith("robot0:C_palm")]
         # The little finger's metacarpal is part of the palm: its touch is no finger's.
         self.fingers = {finger: [g for g in geoms if "metacarpal" not in self.model.geom(g).name]
-                        for finger, geoms in _finger_geoms(scene).items()}
+                        for finger, geoms in finger_geoms(scene).items()}
 
     def place(self, hand_qpos: np.ndarray) -> None:
         self.data.qpos[self.scene.hand_qpos] = hand_qpos
@@ -165,7 +165,7 @@ def _sample_palm(geo: _Geometry, rng: np.random.Generator, centre, half,
     distmax = config.clearance[1] + 0.01
 
     def gap(h):  # palm-object distance with the palm's inner face h from the aim point
-        qpos[:3] = aim + d * h - rot @ _PALM_CENTRE
+        qpos[:3] = aim + d * h - rot @ PALM_CENTRE
         geo.place(qpos)
         return geo.distance(geo.palm, distmax)
 
