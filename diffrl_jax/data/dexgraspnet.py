@@ -6,14 +6,16 @@ Layout (the sample in `../shared/data/dexgraspnet` and the full release alike):
     root/meshdata/<code>/coacd/decomposed.obj    convex pieces, normalised units
 
 Grasp files are unpickled by `safe_npy.load_object_npy`, which never runs code
-from the file. Every record is validated; a bad file either stops loading with
-a message naming it or, with `skip_bad=True`, is skipped and reported in
-`GraspDataset.skipped`.
+from the file. Every record is validated (types, finite values, and the sane
+ranges of `bounds.PhysicalBounds`: scale, palm distance, joints, Euler angles);
+a bad file either stops loading with a message naming it or, with
+`skip_bad=True`, is skipped and reported in `GraspDataset.skipped`.
 """
 
 import dataclasses
 import operator
 import os
+import reprlib
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -21,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from diffrl_jax import bounds
 from diffrl_jax.data import grasps as grasp_arrays
 from diffrl_jax.data.safe_npy import load_object_npy, save_object_npy
 from diffrl_jax.errors import DataError
+from diffrl_jax.files import is_storage_error, storage_error
 from diffrl_jax.hand import constants
 
 GRASPS_DIR = "grasps"
@@ -37,11 +41,44 @@ _JOINT_COLUMNS = [_QPOS_COLUMNS[key] for key in constants.JOINT_NAMES]
 _EULER_COLUMNS = [_QPOS_COLUMNS[key] for key in constants.WRIST_EULER_KEYS]
 _TRANSLATION_COLUMNS = [_QPOS_COLUMNS[key] for key in constants.WRIST_TRANSLATION_KEYS]
 _get_qpos_row = operator.itemgetter(*constants.QPOS_KEYS)
+_QPOS_KEY_TEXT = [f"qpos[{key!r}]" for key in constants.QPOS_KEYS]
+
+
+def _qpos_ranges():
+    """Per qpos column: (low, high, text) of a sane value, from `bounds.BOUNDS`.
+
+    Joints may leave their limits by the margin, Euler angles by a few turns;
+    translations are bounded by their norm instead (infinite here).
+    """
+    low = np.full(len(constants.QPOS_KEYS), -np.inf)
+    high = np.full(len(constants.QPOS_KEYS), np.inf)
+    text = [""] * len(constants.QPOS_KEYS)
+    joint_ranges = bounds.BOUNDS.joint_ranges()
+    for column, (joint_low, joint_high) in zip(_JOINT_COLUMNS, joint_ranges):
+        low[column], high[column] = joint_low, joint_high
+        text[column] = f"[{joint_low:g}, {joint_high:g}] (joint limits +- PhysicalBounds.joint_margin_rad)"
+    for column in _EULER_COLUMNS:
+        low[column], high[column] = bounds.BOUNDS.euler_rad
+        text[column] = bounds.range_text("euler_rad")
+    return low, high, text
+
+
+_QPOS_LOW, _QPOS_HIGH, _QPOS_RANGE_TEXT = _qpos_ranges()
 
 
 def mesh_path(root, code: str) -> Path:
     """root/meshdata/<code>/coacd/decomposed.obj."""
     return Path(root) / MESHDATA_DIR / code / "coacd" / "decomposed.obj"
+
+
+def write_mesh(root, code: str, text: str) -> Path:
+    """Writes an object's OBJ text (its convex pieces) to `mesh_path(root, code)`, atomically."""
+    from diffrl_jax.files import write_text_atomic
+
+    mesh = mesh_path(root, code)
+    mesh.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(mesh, text)
+    return mesh
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -154,6 +191,23 @@ def _type_name(value) -> str:
     return type(value).__name__
 
 
+class _ShortRepr(reprlib.Repr):
+    """repr for messages, bounded whatever a file holds: lists 10^4 deep, ints of 10^5 digits."""
+
+    def repr_int(self, x, level):
+        if x.bit_length() > 256:  # str() refuses ints past 4300 digits
+            return f"<int of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+_SHORT_REPR = _ShortRepr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother = 3, 40, 40
+
+
+def _key_text(key) -> str:
+    return key if isinstance(key, str) else _SHORT_REPR.repr(key)
+
+
 def _is_real_number(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
@@ -162,7 +216,7 @@ def _first_non_number(rows, keys) -> str:
     for index, row in enumerate(rows):
         for key, value in zip(keys, row):
             if not _is_real_number(value):
-                return f"record {index} {key} is {_type_name(value)} {value!r:.40}, expected a number"
+                return f"record {index} {key} is {_type_name(value)} {_SHORT_REPR.repr(value)}, expected a number"
     return "values are not all numbers"
 
 
@@ -203,7 +257,10 @@ def _parse_records(array: np.ndarray):
         for index, record in enumerate(records):
             missing = [key for key in RECORD_KEYS if key not in record]
             if missing:
-                raise _BadFile(f"record {index} lacks key(s) {missing} (has {sorted(map(str, record))})") from None
+                keys = sorted(map(_key_text, record))
+                more = f" and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
+                listed = f"{keys[:_MAX_LISTED]}{more}"
+                raise _BadFile(f"record {index} lacks key(s) {missing} (has {listed})") from None
         raise
     for index, qpos in enumerate(qposes):
         if not isinstance(qpos, Mapping):
@@ -229,18 +286,37 @@ def _parse_records(array: np.ndarray):
     if (scale_values <= 0).any():
         index = int(np.argmax(scale_values <= 0))
         raise _BadFile(f"record {index} scale is {scale_values[index]}, expected a positive number")
+    _check_ranges(qpos_matrix, _QPOS_LOW, _QPOS_HIGH, _QPOS_KEY_TEXT, _QPOS_RANGE_TEXT, "qpos")
+    translation = np.linalg.norm(qpos_matrix[:, _TRANSLATION_COLUMNS], axis=1, keepdims=True)
+    low, high = bounds.BOUNDS.translation_m
+    _check_ranges(translation, [low], [high], ["palm translation |(WRJTx, WRJTy, WRJTz)|"],
+                  [bounds.range_text("translation_m")], "translation")
+    low, high = bounds.BOUNDS.scale
+    _check_ranges(scale_values[:, None], [low], [high], ["scale"], [bounds.range_text("scale")], "scale")
     return qpos_matrix, scale_values, _parse_extras(records)
+
+
+def _check_ranges(values, low, high, keys, ranges, what: str) -> None:
+    """values [N, C] within [low, high] per column (see `bounds`), or _BadFile naming the first outside."""
+    outside = (values < np.asarray(low)) | (values > np.asarray(high))
+    if outside.any():
+        index, column = np.argwhere(outside)[0]
+        count = int(outside.sum())
+        raise _BadFile(
+            f"record {index} {keys[column]} is {values[index, column]:g}, outside {ranges[column]}"
+            + (f" ({count} {what} values out of range in all)" if count > 1 else "")
+        )
 
 
 def _parse_extras(records) -> dict[str, np.ndarray]:
     """Numeric/bool labels stored beside qpos and scale in every record."""
     if all(len(record) == len(RECORD_KEYS) for record in records):
         return {}  # the common case: plain DexGraspNet records
-    names = set(records[0]).difference(RECORD_KEYS)
+    names = {name for name in records[0] if isinstance(name, str)}.difference(RECORD_KEYS)
     for record in records[1:]:
         names.intersection_update(record)
     extras = {}
-    for name in sorted(names, key=str):
+    for name in sorted(names):
         try:
             values = np.asarray([record[name] for record in records])
         except (ValueError, TypeError):
@@ -420,6 +496,8 @@ def _link_or_copy_tree(source: Path, destination: Path) -> None:
                     shutil.copyfile(Path(directory) / name, target_dir / name)
         staging.chmod(0o755)  # mkdtemp makes 0700
         os.replace(staging, destination)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        if is_storage_error(e):  # a full disk: an OutputError naming the mesh, not a traceback
+            raise storage_error(destination, e) from None
         raise

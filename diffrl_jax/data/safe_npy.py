@@ -18,7 +18,11 @@ state, validate them, and build the real numpy objects from scratch.
 """
 
 import io
+import math
+import os
 import pickle
+import pickletools
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +40,13 @@ _MULTIARRAY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
 # Kinds of dtype an object array of dicts may need: bool, ints, floats, complex, object.
 _NUMERIC_KINDS = "biufc"
 _MAX_HEADER_SIZE = 10_000
+# Hashing a tuple (a dict key, a set member) recurses in C with no depth check: on
+# CPython 3.11 a dict key nested ~120,000 tuples deep (one opcode byte per level)
+# segfaults. Deeper nesting than this is refused; real grasp files nest 3 deep.
+_MAX_TUPLE_DEPTH = 20_000
+_TUPLE_OPCODES = (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3)
+_MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+_MEMO_GETS = {"GET", "BINGET", "LONG_BINGET"}
 
 
 class _Refused(Exception):
@@ -192,7 +203,54 @@ class _AllowListUnpickler(pickle.Unpickler):
         raise _Refused(f"the file needs persistent id {pid!r:.60}, which a DexGraspNet grasp file never uses")
 
 
+def _deepest_tuple(payload: bytes) -> int:
+    """How deep the pickle nests tuples, from its opcodes' stack and memo effects (builds nothing)."""
+    stack, marks, memo, deepest = [], [], {}, 0  # stack and memo hold tuple depths (0: not a tuple)
+    for opcode, arg, _ in pickletools.genops(payload):
+        name = opcode.name
+        if name == "MARK":
+            marks.append(len(stack))
+        elif name in _MEMO_GETS:
+            stack.append(memo.get(arg, 0))
+        elif name in _MEMO_PUTS or name == "MEMOIZE":
+            memo[arg if name in _MEMO_PUTS else len(memo)] = stack[-1] if stack else 0
+        elif name == "DUP":
+            stack.append(stack[-1] if stack else 0)
+        else:
+            before = opcode.stack_before
+            popped = []
+            if pickletools.markobject in before:
+                start = marks.pop() if marks else 0
+                popped, stack[start:] = stack[start:], []
+                before = before[: before.index(pickletools.markobject)]
+            for _ in before:
+                popped.append(stack.pop() if stack else 0)
+            if name.startswith("TUPLE") or name == "EMPTY_TUPLE":
+                stack.append(1 + max(popped, default=0))
+                deepest = max(deepest, stack[-1])
+            else:
+                stack.extend(0 for _ in opcode.stack_after)
+    return deepest
+
+
+def _check_tuple_depth(payload: bytes, path: Path) -> None:
+    # One opcode byte per level: a payload with few tuple-opcode bytes (any real
+    # grasp file: ~6,000 in 250 records) cannot nest deeper, and skips the scan.
+    if sum(payload.count(opcode) for opcode in _TUPLE_OPCODES) <= _MAX_TUPLE_DEPTH:
+        return
+    try:
+        depth = _deepest_tuple(payload)
+    except ValueError as error:  # an unknown opcode or a truncated argument
+        raise DataError(f"{path} is corrupt or truncated: its pickled payload does not parse ({error})") from None
+    if depth > _MAX_TUPLE_DEPTH:
+        raise DataError(
+            f"refusing to load {path}: its pickle nests tuples {depth} deep (at most {_MAX_TUPLE_DEPTH}; "
+            "hashing deeper ones would crash Python)"
+        )
+
+
 def _unpickle_array(payload: bytes, path: Path) -> np.ndarray:
+    _check_tuple_depth(payload, path)
     # BufferedReader has peek(), which lets the C unpickler read in blocks:
     # a bare BytesIO costs a Python call per opcode, 3x slower.
     stream = io.BufferedReader(io.BytesIO(payload))
@@ -219,9 +277,27 @@ def _read_header(fh, path: Path):
             return npy_format.read_array_header_1_0(fh, max_header_size=_MAX_HEADER_SIZE)
         if version == (2, 0):
             return npy_format.read_array_header_2_0(fh, max_header_size=_MAX_HEADER_SIZE)
-    except ValueError as error:
-        raise DataError(f"{path} is not a valid .npy file: {error}") from None
+    # numpy parses the header text with ast.literal_eval, and for a header it
+    # cannot parse, tokenizes it again: "(((" raises TokenError, "----1" and
+    # "1+1+...+1" RecursionError in the parser (numpy 2.4, Python 3.11).
+    except (ValueError, SyntaxError, tokenize.TokenError, RecursionError, MemoryError) as error:
+        raise DataError(f"{path} is not a valid .npy file: {type(error).__name__}: {error}") from None
     raise DataError(f"{path} has .npy format version {version}; only 1.0 and 2.0 are supported")
+
+
+def _check_data_size(fh, path: Path, shape, dtype: np.dtype) -> None:
+    """DataError unless the file holds the data its header promises: np.load allocates it before reading."""
+    if any(n < 0 for n in shape):
+        raise DataError(f"{path} is not a valid .npy file: its header declares shape {shape}, with a negative size")
+    if math.prod(shape) > np.iinfo(np.intp).max:  # even of 0-byte items: numpy cannot count them
+        raise DataError(f"{path} is not a valid .npy file: its header declares shape {shape}, too many items")
+    promised = math.prod(shape) * dtype.itemsize  # Python ints: a huge shape cannot overflow
+    held = os.fstat(fh.fileno()).st_size - fh.tell()
+    if held < promised:
+        raise DataError(
+            f"{path} is corrupt or truncated: its header promises {promised} bytes of {dtype} data "
+            f"(shape {shape}), the file holds {held}"
+        )
 
 
 def load_object_npy(path, *, ndim: int | None = 1) -> np.ndarray:
@@ -237,6 +313,7 @@ def load_object_npy(path, *, ndim: int | None = 1) -> np.ndarray:
         with open(path, "rb") as fh:
             shape, _, dtype = _read_header(fh, path)
             if not dtype.hasobject:
+                _check_data_size(fh, path, shape, dtype)
                 fh.seek(0)
                 try:
                     return np.load(fh, allow_pickle=False)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from diffrl_jax import checkpoint, parallel
+from diffrl_jax import bounds, checkpoint, parallel
 from diffrl_jax.data import dexgraspnet
 from diffrl_jax.data import grasps as grasp_lib
 from diffrl_jax.diffusion import sampler as sampler_lib
@@ -128,6 +128,8 @@ def resolve_object(trained: TrainedModel, name: str, scale: float | None = None)
     basis = encoding.bps_basis(config.encoding_points, config.encoding_radius)
     if scale is not None and not (np.isfinite(scale) and scale > 0):
         raise ConfigError(f"--scale must be a positive number, got {scale}")
+    if scale is not None:
+        bounds.check(scale, "scale", "--scale", ConfigError)  # before any sampling, not at the mesh
 
     def encode(vertices, faces, s):
         return encoding.encode_mesh(vertices, faces, s, basis=basis, num_samples=config.encoding_samples)

@@ -17,6 +17,7 @@ import pathlib
 import numpy as np
 from scipy import spatial
 
+from diffrl_jax import bounds
 from diffrl_jax.errors import ConfigError, DataError
 
 DEFAULT_MESH_DENSITY = 500.0  # kg / m^3, DexGraspNet's validation density
@@ -52,7 +53,7 @@ class ConvexPiece:
     vertices: np.ndarray
 
     def volume(self) -> float:
-        return float(spatial.ConvexHull(self.vertices).volume)
+        return float(convex_hull(self.vertices).volume)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -194,7 +195,18 @@ def read_obj_pieces(path: str | pathlib.Path) -> list[np.ndarray]:
     for a in arrays:
         if not np.all(np.isfinite(a)):
             raise DataError(f"{path}: non-finite vertex coordinates")
+    for index, a in enumerate(arrays):
+        bounds.check(len(a), "piece_vertices", f"{path}: vertex count of convex piece {index} (from 0)", DataError)
+    bounds.check(sum(map(len, arrays)), "object_vertices", f"{path}: vertex count", DataError)
     return arrays
+
+
+def convex_hull(vertices: np.ndarray) -> spatial.ConvexHull:
+    """The hull of a point set `[V, 3]`; a flat or tiny one joggled to a (thin) volume MuJoCo accepts."""
+    try:
+        return spatial.ConvexHull(vertices)
+    except spatial.QhullError:
+        return spatial.ConvexHull(vertices, qhull_options="QJ")
 
 
 def cap_hull(vertices: np.ndarray, max_vertices: int | None) -> np.ndarray:
@@ -203,11 +215,7 @@ def cap_hull(vertices: np.ndarray, max_vertices: int | None) -> np.ndarray:
     Farthest-point sampling over the hull's vertices, seeded with the point
     farthest from the centroid, keeps the extremes of the piece.
     """
-    try:
-        hull = spatial.ConvexHull(vertices)
-    except spatial.QhullError:
-        # Flat or tiny piece: joggle so it gets a (thin) volume MuJoCo accepts.
-        hull = spatial.ConvexHull(vertices, qhull_options="QJ")
+    hull = convex_hull(vertices)
     pts = vertices[hull.vertices]
     if max_vertices is None or len(pts) <= max_vertices:
         return pts
@@ -220,6 +228,27 @@ def cap_hull(vertices: np.ndarray, max_vertices: int | None) -> np.ndarray:
         chosen.append(nxt)
         dist = np.minimum(dist, np.linalg.norm(pts - pts[nxt], axis=1))
     return pts[np.sort(chosen)]
+
+
+# Thinnest extent of a convex piece, relative to its widest, below which it is
+# flat, a line or a point: MuJoCo cannot hull it ("coplanar vertices"), while it
+# accepts pieces 1e-10 thin. The sample's thinnest CoACD piece is 0.07.
+_MIN_RELATIVE_THICKNESS = 1e-12
+
+
+def _convex_piece(path, index: int, vertices: np.ndarray, max_hull_vertices: int | None) -> ConvexPiece:
+    """Piece `index` of the OBJ `path` as a capped hull; DataError if it spans no volume."""
+    spans = np.linalg.svd(vertices - vertices.mean(axis=0), compute_uv=False)  # along principal axes
+    if len(spans) < 3 or not spans[2] > _MIN_RELATIVE_THICKNESS * spans[0]:
+        raise DataError(
+            f"{path}: convex piece {index} (from 0) is flat, a line or a point: "
+            f"its {len(vertices)} vertices span no volume"
+        )
+    try:
+        return ConvexPiece(cap_hull(vertices, max_hull_vertices))
+    except spatial.QhullError as error:  # even joggled (QJ): qhull gives up on the piece
+        reason = str(error).strip().splitlines()[0]
+        raise DataError(f"{path}: convex piece {index} (from 0) has no convex hull: {reason}") from None
 
 
 def mesh_object(
@@ -239,10 +268,17 @@ def mesh_object(
     if not (np.isfinite(density) and density > 0):
         raise ConfigError(f"object density must be positive, got {density!r}")
     path = pathlib.Path(path)
-    pieces = tuple(
-            ConvexPiece(cap_hull(v * scale, max_hull_vertices)) for v in read_obj_pieces(path)
-    )
+    bounds.check(scale, "scale", f"{path}: object scale", ConfigError)  # a flag or config; files are checked on load
+    bounds.check(density, "density_kg_m3", "object density", ConfigError)
+    scaled = [v * scale for v in read_obj_pieces(path)]
+    points = np.concatenate(scaled)
+    bounds.check(float(np.ptp(points, axis=0).max()), "extent_m",
+                 f"{path}: largest bounding-box side (m) at scale {scale:g}", DataError)
+    pieces = tuple(_convex_piece(path, index, v, max_hull_vertices) for index, v in enumerate(scaled))
     if name is None:
         # .../meshdata/<code>/coacd/decomposed.obj
         name = path.parent.parent.name if path.parent.name == "coacd" else path.stem
-    return ObjectAsset(name, pieces, density=density)
+    obj = ObjectAsset(name, pieces, density=density)
+    bounds.check(density * obj.volume(), "mass_kg",
+                 f"{path}: object mass (kg) at scale {scale:g} and density {density:g}", DataError)
+    return obj

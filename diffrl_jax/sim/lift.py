@@ -46,6 +46,7 @@ import mujoco
 import numpy as np
 from flax import struct
 
+from diffrl_jax import bounds
 from diffrl_jax.data import grasps as grasp_lib
 from diffrl_jax.data import rotations
 from diffrl_jax.errors import ConfigError, check_fields
@@ -174,8 +175,7 @@ class LiftProtocol:
         if self.success_height_m > self.lift_height_m:
             raise ConfigError(f"success height {self.success_height_m} m exceeds the lift height "
                               f"{self.lift_height_m} m: no grasp could succeed")
-        if self.friction > 10:
-            raise ConfigError(f"friction {self.friction} is not physical (at most 10)")
+        bounds.check_protocol(self, "lift protocol")  # friction, finger strength, masses: physical ranges
         return self
 
     def replace(self, **overrides) -> "LiftProtocol":
@@ -244,7 +244,7 @@ def _settle_scene(protocol: LiftProtocol, budget: ObjectBudget, full: mujoco.MjM
     body = spec.worldbody.add_body(name="object")
     body.add_freejoint()
     for i in range(budget.pieces):
-        spec.add_mesh(name=f"mesh{i}", uservert=bank._PAD_PIECE.ravel())
+        spec.add_mesh(name=f"mesh{i}", uservert=bank.PAD_PIECE.ravel())
         body.add_geom(type=mujoco.mjtGeom.mjGEOM_MESH, meshname=f"mesh{i}", contype=shadow.OBJECT_BIT,
                       conaffinity=shadow.TABLE_BIT, friction=(protocol.friction, 0.005, 0.0001),
                       condim=condim, density=1000.0)
@@ -360,7 +360,7 @@ def settle_object(template: LiftTemplate, fields: ObjectFields, key: jax.Array, 
 
     def one(pose):
         d = blank.replace(qpos=pose.astype(blank.qpos.dtype))
-        d, _ = hold._rollout(m, d, template.protocol.settle_steps)
+        d, _ = hold.rollout(m, d, template.protocol.settle_steps)
         qpos = d.qpos
         return jnp.concatenate([qpos[:3], qpos[3:7] / jnp.linalg.norm(qpos[3:7])])
 

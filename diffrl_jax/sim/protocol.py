@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from diffrl_jax import bounds
 from diffrl_jax.errors import ConfigError, check_fields
 
 # The six pull directions of the object frame, in this order everywhere.
@@ -105,8 +106,7 @@ class HoldProtocol:
             raise ConfigError(f"timestep {self.timestep} s is too coarse for contact (at most 0.02 s)")
         if self.hold_steps < 1:
             raise ConfigError(f"hold_s {self.hold_s} is shorter than one timestep {self.timestep}")
-        if self.friction > 10:
-            raise ConfigError(f"friction {self.friction} is not physical (at most 10)")
+        bounds.check_protocol(self, "protocol")  # friction, finger strength, masses: physical ranges
         return self
 
     def replace(self, **overrides) -> "HoldProtocol":
