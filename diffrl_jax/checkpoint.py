@@ -15,13 +15,22 @@ rewrapped on restore; legacy uint32 keys are plain arrays and need nothing.
 
 Problems a user can cause (a wrong directory, no checkpoint yet, a checkpoint
 of another config whose shapes differ) raise `DataError` naming the directory
-and the offending leaf, never a raw orbax traceback.
+and the offending leaf, never a raw orbax traceback. A save the storage
+refuses (a full disk) is an `OutputError`, with no partial step left behind.
+
+Resuming uses `latest_intact_step`: the newest step whose config, metadata
+and every array read back. A newer step that does not (its files
+overwritten or truncated after the atomic rename: a disk fault, a careless
+copy) is moved aside to `<directory>/<step>.damaged`, never deleted, and the
+caller is told through `on_damaged`; orbax does not list such a directory.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import shutil
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -29,6 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from diffrl_jax.errors import DataError
+from diffrl_jax.files import OutputError, is_storage_error
 
 _STATE = "state"
 _CONFIG = "config"
@@ -93,17 +103,70 @@ def save(directory: str | os.PathLike, step: int, state, config: dict, *, keep: 
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
     step = int(step)
     state = _unwrap_keys(state)
-    with _manager(directory, keep=keep, create=True) as manager:
-        if step in manager.all_steps():
-            raise DataError(f"checkpoint step {step} already exists in {directory}")
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                **{_STATE: ocp.args.StandardSave(state), _CONFIG: ocp.args.JsonSave(config)}
-            ),
-        )
-        manager.wait_until_finished()
+    try:
+        manager = _manager(directory, keep=keep, create=True)
+    except Exception as e:
+        _raise_if_storage(directory, e)
+        raise
+    try:
+        with manager:
+            if step in manager.all_steps():
+                raise DataError(f"checkpoint step {step} already exists in {directory}")
+            manager.save(
+                step,
+                args=ocp.args.Composite(
+                    **{_STATE: ocp.args.StandardSave(state), _CONFIG: ocp.args.JsonSave(config)}
+                ),
+            )
+            manager.wait_until_finished()
+    except BaseException as e:
+        if isinstance(e, DataError):
+            raise
+        if jax.process_count() == 1:  # of several, the others may still be writing into it
+            _remove_unfinished(directory, step)
+        _raise_if_storage(directory / str(step), e)
+        raise
     return directory / str(step)
+
+
+def _remove_unfinished(directory: pathlib.Path, step: int) -> None:
+    """Removes orbax's temporary directory of a failed save of `step` (never a step).
+
+    Orbax's writer threads may still be finishing into it: they are waited
+    for first, so none recreates it afterwards.
+    """
+    import threading
+
+    from orbax.checkpoint._src.futures import future  # no public handle on its writer threads
+
+    kind = getattr(future, "_SignalingThread", None)
+    for thread in threading.enumerate():
+        if kind is not None and isinstance(thread, kind) and thread is not threading.current_thread():
+            thread.join(timeout=60)
+    for tmp in directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _storage_reason(e: BaseException) -> str | None:
+    """The storage's refusal behind `e` ("No space left on device"), if any, along its chain."""
+    import errno
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if is_storage_error(e):
+            return os.strerror(e.errno)
+        for code in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS):  # tensorstore's errors are text
+            if os.strerror(code) in str(e):
+                return os.strerror(code)
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _raise_if_storage(path: pathlib.Path, e: BaseException) -> None:
+    reason = _storage_reason(e)
+    if reason is not None:
+        raise OutputError(f"cannot write checkpoint {path}: {reason}; nothing was written there") from e
 
 
 def latest_step(directory: str | os.PathLike) -> int | None:
@@ -113,6 +176,82 @@ def latest_step(directory: str | os.PathLike) -> int | None:
         return None
     with _manager(directory) as manager:
         return manager.latest_step()
+
+
+def _short(e: BaseException) -> str:
+    """An orbax/tensorstore error in one short line."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _damage(manager, step: int) -> str | None:
+    """Why `step` does not read back whole (its config, its state's metadata, any array), or None.
+
+    Reads every array, shaped by the step's own metadata onto the default
+    device (so a checkpoint written on other devices is not called damaged).
+    """
+    try:
+        stored = manager.item_metadata(step)[_STATE]
+        if stored is None:
+            return "it holds no state"
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
+                                getattr(stored, "tree", stored))
+        manager.restore(step, args=ocp.args.Composite(
+            **{_STATE: ocp.args.StandardRestore(abstract), _CONFIG: ocp.args.JsonRestore()}))
+    except Exception as e:  # orbax and tensorstore raise a variety of types for unreadable files
+        return _short(e)
+    return None
+
+
+def _aside(directory: pathlib.Path, step: int) -> pathlib.Path:
+    """`directory/<step>.damaged` (or `.damaged-2`, ...: the first that is free)."""
+    target, n = directory / f"{step}.damaged", 1
+    while target.exists():
+        n += 1
+        target = directory / f"{step}.damaged-{n}"
+    return target
+
+
+def latest_intact_step(directory: str | os.PathLike, *,
+                       on_damaged: Callable[[int, str, pathlib.Path], None] | None = None,
+                       move_aside: bool = True) -> int | None:
+    """The newest step of `directory` that reads back whole; None if it holds no step (or is absent).
+
+    Newer steps that do not are moved aside (renamed `<step>.damaged`, see
+    the module docstring) and reported as `on_damaged(step, reason, moved_to)`.
+    `move_aside=False` (the other processes of a multi-process run) only
+    skips them. Steps exist but none is intact: `DataError`. Reads every
+    array of the step it returns once: meant for resuming, not for every load.
+    """
+    directory = _resolve(directory)
+    if not directory.is_dir():
+        return None
+    damaged = []
+    with _manager(directory) as manager:
+        steps = sorted(manager.all_steps(), reverse=True)
+        for step in steps:
+            reason = _damage(manager, step)
+            if reason is None:
+                break
+            damaged.append((step, reason))
+        else:
+            step = None
+    for bad, reason in damaged:
+        moved = _aside(directory, bad)
+        if move_aside:
+            try:
+                os.rename(directory / str(bad), moved)
+            except OSError as e:
+                raise DataError(f"checkpoint step {bad} in {directory} is damaged ({reason}) and cannot be "
+                                f"moved aside to {moved}: {os.strerror(e.errno)}") from None
+        if on_damaged is not None:
+            on_damaged(bad, reason, moved if move_aside else directory / str(bad))
+    if steps and step is None:
+        listed = "; ".join(f"step {bad}: {reason}" for bad, reason in damaged)
+        where = f"moved aside as <step>.damaged in {directory}" if move_aside else f"left in {directory}"
+        raise DataError(f"no intact checkpoint in {directory}: every step is damaged ({listed}); {where}")
+    return step
 
 
 def _checked_step(directory: pathlib.Path, manager, step: int | None) -> int:

@@ -253,14 +253,16 @@ class Run:
 
     def command(self, stage: str, argv: list[str]) -> None:
         """Runs `diffrl ARGV` in this process; its stdout is appended to RUN_DIR/<stage>/stdout.txt."""
+        from diffrl_jax.cli.common import run_command
         from diffrl_jax.cli.main import build_parser
+        from diffrl_jax.files import append_log
 
         args = build_parser().parse_args(argv)
         log_dir = self.path(stage)
         log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_dir / "stdout.txt", "a") as log, contextlib.redirect_stdout(log):
+        with append_log(log_dir / "stdout.txt") as log, contextlib.redirect_stdout(log):
             print(f"$ diffrl {' '.join(argv)}", flush=True)
-            args.func(args)
+            run_command(args)  # as `diffrl` runs it: its lock is covered by the run's
 
     # Object codes of the raw dataset, in order.
     def codes(self) -> list[str]:
@@ -306,13 +308,12 @@ def stage_dataset(run: Run) -> None:
     if c.dataset != "builtin":
         run.codes()  # the directory loads (clear errors otherwise); nothing is copied
         return
-    staging = run.path(".raw.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    for k, name in enumerate(c.objects):
-        run.command("dataset", ["propose", "--object", f"builtin:{name}", "--n", str(c.proposals),
-                                "--out", str(staging), "--seed", str(c.seed + k), "--no-label"])
-    shutil.rmtree(run.raw, ignore_errors=True)
-    staging.replace(run.raw)
+    from diffrl_jax.files import staged_directory
+
+    with staged_directory(run.raw) as staging:
+        for k, name in enumerate(c.objects):
+            run.command("dataset", ["propose", "--object", f"builtin:{name}", "--n", str(c.proposals),
+                                    "--out", str(staging), "--seed", str(c.seed + k), "--no-label"])
 
 
 def stage_validate(run: Run) -> None:
@@ -454,8 +455,9 @@ def _fmt(x) -> str:
 
 def report_markdown(run: Run, summary: dict) -> str:
     c = run.config
+    dataset = f"built-in proposals ({', '.join(c.objects)})" if c.dataset == "builtin" else c.dataset
     lines = [f"# Pipeline report: {run.out.name}", "",
-             f"Dataset: {'built-in proposals (' + ', '.join(c.objects) + ')' if c.dataset == 'builtin' else c.dataset}; "
+             f"Dataset: {dataset}; "
              f"scenario `{c.scenario}`, protocol `{c.protocol}`, backend `{c.backend}` on {summary['device']}.", "",
              "## Success per stage", "",
              "| object | raw | adapted | kept | sampled | pose sampling (Wilson 95%) |",
@@ -511,7 +513,13 @@ def run_pipeline(out, config: PipelineConfig, stop_after: str | None = None,
     """Runs (or resumes) the stages into `out`; the summary, or None when stopped early."""
     if stop_after is not None and stop_after not in STAGES[:-1]:
         raise ConfigError(f"--stop-after must be one of {STAGES}, got {stop_after!r}")
-    run = Run(out, config)
+    from diffrl_jax.files import run_lock
+
+    with run_lock(out, "diffrl pipeline"):  # already held when `diffrl pipeline` runs this (re-entrant)
+        return _run_stages(Run(out, config), stop_after, on_stage)
+
+
+def _run_stages(run: Run, stop_after: str | None, on_stage) -> dict | None:
     run.open()
     for stage in STAGES[:-1]:
         if run.done(stage):

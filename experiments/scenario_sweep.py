@@ -132,11 +132,12 @@ def refine_argv(settings: dict, friction: float, mass_scale: float, out, threads
 
 def _refine(argv: list[str]) -> None:
     """`diffrl refine` in this process; its printed summary goes to stderr with the progress."""
+    from diffrl_jax.cli.common import run_command
     from diffrl_jax.cli.main import build_parser as diffrl_parser
 
     args = diffrl_parser().parse_args(argv)
     with contextlib.redirect_stdout(sys.stderr):
-        args.func(args)
+        run_command(args)  # its lock is covered by the sweep's on --out
 
 
 def _raw_validation(run_dir: pathlib.Path, settings: dict, threads: int | None) -> dict:

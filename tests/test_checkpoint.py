@@ -116,3 +116,77 @@ def test_corrupt_checkpoint_raises_data_error(tmp_path):
             child.unlink()
     with pytest.raises(DataError, match="cannot"):
         checkpoint.restore(tmp_path, _state())
+
+
+def _damage(step_dir, how: str) -> None:
+    """Damage a complete step the way a disk fault or a careless copy would."""
+    state = step_dir / "state"
+    if how == "sharding":
+        (state / "_sharding").write_text("overwritten{")
+    elif how == "truncated":
+        for data in (p for p in state.rglob("*") if p.is_file() and p.parent.name == "d"):  # array data
+            data.write_bytes(data.read_bytes()[:16])
+    elif how == "config":
+        (step_dir / "config" / "config.json").write_text("{not json")
+
+
+@pytest.mark.parametrize("how", ["sharding", "truncated", "config"])
+def test_a_damaged_newest_step_is_moved_aside_and_the_previous_one_restored(tmp_path, how):
+    for step in (1, 2, 3):
+        checkpoint.save(tmp_path, step, _state(step), {"step": step})
+    _damage(tmp_path / "3", how)
+    reports = []
+    assert checkpoint.latest_intact_step(tmp_path, on_damaged=lambda *r: reports.append(r)) == 2
+    [(step, reason, moved)] = reports
+    assert step == 3 and reason and moved == tmp_path.resolve() / "3.damaged"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2", "3.damaged"]  # renamed, not deleted
+    assert (moved / "state").is_dir()
+    assert checkpoint.latest_step(tmp_path) == 2
+    restored, config = checkpoint.restore(tmp_path, _state(0))
+    assert config == {"step": 2} and _leaves_bitwise_equal(restored, _state(2))
+    # A later save of the same step number is a fresh step beside the damaged one.
+    checkpoint.save(tmp_path, 3, _state(3), {"step": 3})
+    assert checkpoint.latest_intact_step(tmp_path) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2", "3", "3.damaged"]
+
+
+def test_intact_steps_are_left_alone_and_skipping_does_not_move(tmp_path):
+    assert checkpoint.latest_intact_step(tmp_path / "absent") is None
+    assert checkpoint.latest_intact_step(tmp_path) is None
+    for step in (1, 2):
+        checkpoint.save(tmp_path, step, _state(step), {})
+    assert checkpoint.latest_intact_step(tmp_path, on_damaged=pytest.fail) == 2
+    _damage(tmp_path / "2", "sharding")
+    reports = []
+    assert checkpoint.latest_intact_step(tmp_path, move_aside=False, on_damaged=lambda *r: reports.append(r)) == 1
+    assert reports[0][0] == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["1", "2"]
+
+
+def test_no_intact_step_is_a_data_error(tmp_path):
+    for step in (1, 2):
+        checkpoint.save(tmp_path, step, _state(step), {})
+        _damage(tmp_path / str(step), "sharding")
+    with pytest.raises(DataError, match=r"no intact checkpoint in .*step 2: .*step 1: "):
+        checkpoint.latest_intact_step(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.damaged", "2.damaged"]
+
+
+def test_a_save_the_disk_refuses_is_an_output_error_and_leaves_no_step(tmp_path, monkeypatch):
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    from diffrl_jax.files import OutputError
+
+    checkpoint.save(tmp_path, 1, _state(1), {"step": 1})
+
+    async def disk_full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "config.json")
+
+    monkeypatch.setattr(ocp.JsonCheckpointHandler, "async_save", disk_full)
+    with pytest.raises(OutputError, match="cannot write checkpoint .*2: No space left on device"):
+        checkpoint.save(tmp_path, 2, _state(2), {"step": 2})
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1"]  # no orbax temporary directory left
+    assert checkpoint.latest_intact_step(tmp_path) == 1
+    assert _leaves_bitwise_equal(checkpoint.restore(tmp_path, _state(0))[0], _state(1))

@@ -73,3 +73,47 @@ def test_train_rejects_bad_input(tmp_path):
         _run(["train", tmp_path, "--out", tmp_path / "ckpt", "--set", "width"])
     with pytest.raises(DiffrlError, match="no checkpoint|does not exist"):
         _run(["sample", tmp_path / "none", "--object", "builtin:box", "--n", 1, "--out", tmp_path / "o"])
+
+
+def _train_state(ckpt, step):
+    """Every leaf of the TrainState saved at `step` (params, EMA, optimizer state, key, step)."""
+    import jax
+
+    from diffrl_jax import checkpoint
+    from diffrl_jax.diffusion import pipeline
+    from diffrl_jax.diffusion.config import DiffusionConfig
+    from diffrl_jax.diffusion.model import make_denoiser
+
+    saved = checkpoint.load_config(ckpt, step)
+    target = pipeline.abstract_train_state(DiffusionConfig.from_dict(saved["diffusion"]),
+                                           make_denoiser(**saved["model_kwargs"]))
+    state, _ = checkpoint.restore(ckpt, target, step)
+    return [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+            for x in jax.tree.leaves(state)]
+
+
+@requires_shared_data
+def test_resume_past_a_damaged_newest_checkpoint_ends_where_an_uninterrupted_run_does(tmp_path, capsys):
+    """The newest step's `state/_sharding` overwritten: --resume moves it aside, warns, goes on from
+    the step before, and ends bitwise where the run that was never interrupted ended."""
+    import shutil
+
+    full, damaged = tmp_path / "full", tmp_path / "damaged"
+    sets = [x for item in TINY_SETS for x in ("--set", item)]
+    assert cli_main.main(["train", str(SHARED_DATA), "--out", str(full), "--steps", "20", "--batch", "16",
+                          *sets]) == 0
+    shutil.copytree(full, damaged)
+    (damaged / "20" / "state" / "_sharding").write_text("overwritten{")
+    (damaged / "loss.png").unlink()
+    capsys.readouterr()
+    assert cli_main.main(["train", str(SHARED_DATA), "--out", str(damaged), "--steps", "20", "--resume"]) == 0
+    err = capsys.readouterr().err
+    moved = damaged.resolve() / "20.damaged"
+    assert "warning: checkpoint step 20 is damaged (" in err, err
+    assert f"moved to {moved}; resuming from step 10" in err and f"resuming {damaged} at step 10" in err
+    assert sorted(p.name for p in damaged.iterdir()) == ["10", "20", "20.damaged", "loss.png", "metrics.jsonl"]
+    assert (moved / "state" / "_sharding").read_text() == "overwritten{"  # kept as it was, not deleted
+    for a, b in zip(_train_state(full, 20), _train_state(damaged, 20), strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, damaged)]
+    assert [(r["step"], r["loss"]) for r in rows[0]] == [(r["step"], r["loss"]) for r in rows[1]]

@@ -152,13 +152,12 @@ def test_adapted_dataset_leaves_out_objects_with_no_kept_grasp(tmp_path):
 
     from diffrl_jax.data.dexgraspnet import GraspDataset, load_dexgraspnet, write_dexgraspnet
     from diffrl_jax.data.example import example_dataset
+    from diffrl_jax.data.dexgraspnet import write_mesh
     from diffrl_jax.rl import refine
-
-    from diffrl_jax.cli.main import _write_mesh
 
     for name in ("cylinder", "box"):
         source, text = example_dataset(name, 3)
-        _write_mesh(tmp_path / "raw", source.object_codes[0], text)
+        write_mesh(tmp_path / "raw", source.object_codes[0], text)
         write_dexgraspnet(tmp_path / "raw", source)
     dataset = load_dexgraspnet(tmp_path / "raw")
     box = dataset.object_index == dataset.object_codes.index("builtin-cylinder")

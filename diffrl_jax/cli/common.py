@@ -1,9 +1,12 @@
 """Pieces every `diffrl` command shares: argument types, FIELD=VALUE options,
-the experiment scripts' shell. Output files are written by `diffrl_jax.files`."""
+the lock on a command's output, the experiment scripts' shell. Output files
+are written by `diffrl_jax.files`."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import math
 import os
@@ -11,7 +14,7 @@ import pathlib
 import sys
 
 from diffrl_jax.errors import ConfigError, DiffrlError
-from diffrl_jax.files import write_json_atomic
+from diffrl_jax.files import OutputError, run_lock, write_json_atomic
 
 
 def positive_int(text: str) -> int:
@@ -98,6 +101,24 @@ def save_out_json(args: argparse.Namespace, result: dict) -> None:
         save_json_result(args.out, result)
 
 
+def resume_step(directory, primary: bool = True) -> int | None:
+    """The checkpoint step to resume from (`checkpoint.latest_intact_step`), warning on stderr about
+    each damaged newer step it moved aside; None when `directory` holds no checkpoint.
+
+    `primary`: this process moves damaged steps aside (the others of a multi-process run only skip them).
+    """
+    from diffrl_jax import checkpoint
+
+    damaged = []
+    step = checkpoint.latest_intact_step(directory, move_aside=primary,
+                                         on_damaged=lambda *report: damaged.append(report))
+    for bad, reason, moved in damaged:
+        print(f"warning: checkpoint step {bad} is damaged ({reason}); "
+              f"{'moved to ' + str(moved) if primary else 'skipped'}; resuming from step {step}",
+              file=sys.stderr)
+    return step
+
+
 def add_distributed_options(parser: argparse.ArgumentParser) -> None:
     """--coordinator/--num-processes/--process-id (else $JAX_COORDINATOR_ADDRESS, ...)."""
     group = parser.add_argument_group(
@@ -129,12 +150,72 @@ def join_processes(args: argparse.Namespace) -> None:
 
 EXIT_USER_ERROR = 2
 
+# Errors only a write can cause: one that escapes a writer not wrapped in `diffrl_jax.files`
+# is still the user's to fix (a full disk), so it is reported, not a traceback.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _process_index(args: argparse.Namespace) -> int:
+    """This process's index when the command joined several (`join_processes`), else 0."""
+    if not hasattr(args, "coordinator"):
+        return 0
+    from diffrl_jax import parallel
+
+    if not parallel.DistributedConfig.from_env(args.coordinator, args.num_processes, args.process_id).enabled:
+        return 0
+    import jax
+
+    return jax.process_index()
+
+
+def output_lock(args: argparse.Namespace, what: str):
+    """The run lock (`files.run_lock`) on what a command writes, held for as long as it runs.
+
+    Every command that writes names its output `out` (`--out DIR|FILE`, or
+    the positional of `diffrl data example`); a command without one, or
+    given none, takes no lock. `out_is_file` (a parser default) marks a file
+    whose directory must already exist. Of several processes, process 0
+    holds it: the others write beside it under its lock.
+    """
+    out = getattr(args, "out", None)
+    if not out or _process_index(args) != 0:
+        return contextlib.nullcontext()
+    return run_lock(out, what, create_parent=not getattr(args, "out_is_file", False))
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """`diffrl train`, `diffrl data example`: the parsed command's name."""
+    words = [getattr(args, name, None) for name in ("command", "data_command")]
+    return " ".join(["diffrl", *(w for w in words if w)])
+
+
+@contextlib.contextmanager
+def _write_errors_reported():
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        where = e.filename or "an output file"
+        raise OutputError(f"cannot write {where}: {os.strerror(e.errno)} (errno {e.errno})") from None
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Runs a parsed `diffrl` command (`args.func`) under the lock on its output (`output_lock`).
+
+    `diffrl` itself, the pipeline's stages and the sweeps' in-process runs
+    all come through here, so every writer is locked the same way.
+    """
+    with _write_errors_reported(), output_lock(args, command_name(args)):
+        return args.func(args)
+
 
 def run_script(argv, parser: argparse.ArgumentParser, run, show, save=None) -> int:
     """The shell of an experiment script's `main(argv)`; returns the exit status.
 
     Parses argv, configures JAX (`runtime.configure`), then `result =
-    run(args)` and `save(args, result)`; prints the result as JSON with
+    run(args)` and `save(args, result)` under the lock on `args.out` (when
+    the script has one: `output_lock`); prints the result as JSON with
     `--json`, else `show(result)`. A user error (`DiffrlError`) in run or
     save prints `error: ...` and returns 2, before anything is printed.
     """
@@ -143,9 +224,10 @@ def run_script(argv, parser: argparse.ArgumentParser, run, show, save=None) -> i
 
     runtime.configure()
     try:
-        result = run(args)
-        if save is not None:
-            save(args, result)
+        with _write_errors_reported(), output_lock(args, parser.prog):
+            result = run(args)
+            if save is not None:
+                save(args, result)
     except DiffrlError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

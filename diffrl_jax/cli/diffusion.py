@@ -19,8 +19,9 @@ import pathlib
 import sys
 import time
 
-from diffrl_jax.cli.common import add_distributed_options, parse_assignments, positive_int, unit_interval
-from diffrl_jax.files import jsonl_line, read_jsonl, save_figure_atomic, write_jsonl_atomic
+from diffrl_jax.cli.common import (add_distributed_options, parse_assignments, positive_int, resume_step,
+                                   unit_interval)
+from diffrl_jax.files import append_log, jsonl_line, read_jsonl, save_figure_atomic, write_jsonl_atomic
 from diffrl_jax.errors import ConfigError, DataError
 
 METRICS_FILE = "metrics.jsonl"
@@ -41,10 +42,12 @@ def _training_config(args, saved: dict | None):
     if saved is None:
         return DiffusionConfig().with_overrides(overrides)
     config = DiffusionConfig.from_dict(saved["diffusion"])
-    frozen = sorted(set(overrides) & set(_FROZEN_ON_RESUME + ("seed",)))
+    resumed = config.with_overrides(overrides)
+    # The same values again are fine: `diffrl pipeline` resumes with the options it started with.
+    frozen = sorted(name for name in _FROZEN_ON_RESUME + ("seed",) if getattr(resumed, name) != getattr(config, name))
     if frozen:
         raise ConfigError(f"cannot change {', '.join(frozen)} when resuming; train into a new --out")
-    return config.with_overrides(overrides)
+    return resumed
 
 
 def plot_loss(rows: list[dict], path: pathlib.Path) -> None:
@@ -85,13 +88,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a directory")
-    latest = checkpoint.latest_step(out)
+    # Resuming: the newest step that reads back whole (a damaged newer one is moved aside, with a warning).
+    latest = resume_step(out, jax.process_index() == 0) if args.resume else checkpoint.latest_step(out)
     if latest is not None and not args.resume:
         raise DataError(f"{out} already holds checkpoints (latest step {latest}); pass --resume to "
                         "continue training, or choose another --out")
     saved = None
     if args.resume and latest is not None:
-        saved = checkpoint.load_config(out)
+        saved = checkpoint.load_config(out, step=latest)
         pipeline.check_config(saved, out)
     config = _training_config(args, saved)
 
@@ -110,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if saved["model_kwargs"] != kwargs:
             raise DataError(f"{out} was trained with model {saved['model_kwargs']}, this data needs {kwargs}")
         normaliser = Normaliser.from_dict(saved["normaliser"])
-        state, _ = checkpoint.restore(out, pipeline.abstract_train_state(config, model))
+        state, _ = checkpoint.restore(out, pipeline.abstract_train_state(config, model), step=latest)
         print(f"resuming {out} at step {int(state.step)}", file=sys.stderr)
     else:
         normaliser = fit_normaliser(samples)
@@ -145,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     with tqdm(total=config.num_steps, initial=start_step, desc="training", unit="step",
               file=sys.stderr, disable=None) as bar, \
-            open(metrics_path if primary else os.devnull, "a") as log:
+            append_log(metrics_path if primary else os.devnull) as log:
         def on_block(state, metrics):
             now = time.perf_counter()
             elapsed, timing["last"] = now - timing["last"], now
@@ -193,7 +197,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from diffrl_jax.cli.main import _write_mesh
+    from diffrl_jax.data.dexgraspnet import write_mesh
     from diffrl_jax.data.dexgraspnet import GraspDataset, load_dexgraspnet, write_dexgraspnet
     from diffrl_jax.diffusion import pipeline, sampler
 
@@ -216,7 +220,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                                         progress=bar.update, mesh=mesh)
     elapsed = time.perf_counter() - start
     if spec.mesh_text is not None:
-        _write_mesh(out, spec.code, spec.mesh_text)
+        write_mesh(out, spec.code, spec.mesh_text)
     dataset = GraspDataset(grasps=grasps, scales=np.full(len(grasps), spec.scale),
                            object_index=np.zeros(len(grasps), np.int32), object_codes=(spec.code,))
     write_dexgraspnet(out, dataset, mesh_source_root=spec.mesh_source_root or out)

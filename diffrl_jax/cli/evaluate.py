@@ -26,7 +26,7 @@ import tempfile
 import time
 
 from diffrl_jax.cli.common import non_negative_int, positive_int, typed_assignments
-from diffrl_jax.files import write_json_atomic, write_jsonl_atomic
+from diffrl_jax.files import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from diffrl_jax.errors import ConfigError, DataError
 
 
@@ -46,7 +46,7 @@ def _object_asset(spec):
         return assets.mesh_object(dexgraspnet.mesh_path(spec.mesh_source_root, spec.code), spec.scale)
     with tempfile.TemporaryDirectory() as tmp:
         path = pathlib.Path(tmp) / "decomposed.obj"
-        path.write_text(spec.mesh_text)
+        write_text_atomic(path, spec.mesh_text)  # a full temporary disk is an OutputError too
         return assets.mesh_object(path, spec.scale, name=spec.code)
 
 

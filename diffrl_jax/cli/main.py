@@ -2,6 +2,9 @@
 
 Errors a user can cause (`DiffrlError`) print `error: ...` and exit 2, never
 a traceback; results go to stdout (JSON with `--json`), progress to stderr.
+A command that writes holds a lock on its output (`cli.common.run_command`)
+from before it looks at it until it exits: a second writer of the same
+path exits 2 at once, naming the first one's PID.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import json
 import sys
 from collections.abc import Sequence
 
-from diffrl_jax.cli.common import EXIT_USER_ERROR, add_distributed_options, join_processes, parse_assignments, positive_int, typed_assignments
-from diffrl_jax.files import write_json_atomic, write_npz_atomic, write_text_atomic
+from diffrl_jax.cli.common import (EXIT_USER_ERROR, add_distributed_options, join_processes, parse_assignments,
+                                   positive_int, run_command, typed_assignments)
 from diffrl_jax.errors import DiffrlError
+from diffrl_jax.files import write_json_atomic, write_npz_atomic
 
 
 
@@ -65,7 +69,7 @@ def _cmd_data_example(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from diffrl_jax.data.dexgraspnet import write_dexgraspnet
+    from diffrl_jax.data.dexgraspnet import write_dexgraspnet, write_mesh
     from diffrl_jax.data.example import example_dataset
 
     from diffrl_jax.objects.assets import builtin_object
@@ -77,7 +81,7 @@ def _cmd_data_example(args: argparse.Namespace) -> int:
         raise DiffrlError(f"{out} exists and is not a directory")
     for name in tqdm(args.objects, desc="grasping", unit="object", file=sys.stderr, disable=None):
         dataset, text = example_dataset(name, args.n, seed=args.seed)
-        _write_mesh(out, dataset.object_codes[0], text)
+        write_mesh(out, dataset.object_codes[0], text)
         write_dexgraspnet(out, dataset)
     print(f"wrote {len(args.objects)} object(s) x {args.n} grasps to {out}")
     return 0
@@ -153,7 +157,7 @@ def _cmd_propose(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from diffrl_jax.data.dexgraspnet import GraspDataset, load_dexgraspnet, write_dexgraspnet
+    from diffrl_jax.data.dexgraspnet import GraspDataset, load_dexgraspnet, write_dexgraspnet, write_mesh
     from diffrl_jax.data.example import object_mesh_pieces, obj_text
     from diffrl_jax.objects import assets
     from diffrl_jax.scene import build_scene
@@ -183,7 +187,7 @@ def _cmd_propose(args: argparse.Namespace) -> int:
         raise DiffrlError(f"{out} exists and is not a directory")
     print(f"proposing {args.n} grasps on {code} ...", file=sys.stderr)
     grasps = propose_grasps(build_scene(obj), args.n, seed=args.seed)
-    _write_mesh(out, code, mesh_text)
+    write_mesh(out, code, mesh_text)
     dataset = GraspDataset(grasps=grasps, scales=np.full(len(grasps), scale),
                            object_index=np.zeros(len(grasps), np.int32), object_codes=(code,),
                            root=out)
@@ -207,12 +211,12 @@ def _cmd_propose(args: argparse.Namespace) -> int:
 
 def _cmd_robustness(args: argparse.Namespace) -> int:
     import pathlib
-    import shutil
 
     import numpy as np
     from tqdm import tqdm
 
     from diffrl_jax.data.dexgraspnet import load_dexgraspnet, write_dexgraspnet
+    from diffrl_jax.files import staged_directory
     from diffrl_jax.sim import robustness
 
     protocol = _protocol_from_args(args)
@@ -232,12 +236,8 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
         values, timings = robustness.robustness(dataset, protocol, config, backend=args.backend,
                                                 budget=budget, nthread=args.threads,
                                                 progress=bar.update)
-    staging = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    write_dexgraspnet(staging, dataset, labels={robustness.LABEL: values})
-    if out.exists():
-        out.rmdir()
-    staging.replace(out)
+    with staged_directory(out) as staging:  # out is absent or empty (checked above, under the lock)
+        write_dexgraspnet(staging, dataset, labels={robustness.LABEL: values})
     report = {"protocol": protocol.name, "backend": args.backend,
               "perturbation": dataclasses.asdict(config), "objects": {},
               "grasps_per_s": timings["grasps_per_s"]}
@@ -296,14 +296,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     return 0
-
-
-def _write_mesh(out, code: str, text: str) -> None:
-    from diffrl_jax.data.dexgraspnet import mesh_path
-
-    mesh = mesh_path(out, code)
-    mesh.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(mesh, text)
 
 
 def _add_sim_options(parser: argparse.ArgumentParser) -> None:
@@ -377,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--threads", type=positive_int, help="threads (mujoco backend)")
     _add_sim_options(validate)
     add_distributed_options(validate)
-    validate.set_defaults(func=_cmd_validate)
+    validate.set_defaults(func=_cmd_validate, out_is_file=True)
 
     propose = commands.add_parser(
         "propose",
@@ -447,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
                               help="validate/ppo simulator (default: mujoco on CPU, mjx on accelerators)")
     bench_parser.add_argument("--out", metavar="FILE.json", help="also write the JSON report here")
     bench_parser.add_argument("--json", action="store_true", help="print one JSON object")
-    bench_parser.set_defaults(func=_cmd_bench)
+    bench_parser.set_defaults(func=_cmd_bench, out_is_file=True)
     return parser
 
 
@@ -458,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runtime.configure(args.compile_cache)
     try:
         join_processes(args)
-        return args.func(args)
+        return run_command(args)  # under the lock on its --out
     except DiffrlError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

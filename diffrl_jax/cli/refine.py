@@ -6,7 +6,7 @@ library's pure functions. OUTDIR holds:
     run.json            everything needed to rebuild the run (configs, dataset, scenario)
     checkpoints/<it>/   orbax: params, optimizer state, normaliser, env state, key, step
     metrics.jsonl       one line per PPO iteration
-    tensorboard/        the same metrics as TensorBoard scalars
+    tensorboard/        the same metrics as TensorBoard scalars (best effort: a full disk stops them)
     learning_curve.png  success and reward against environment steps
     adapted/            the adapted dataset (DexGraspNet format, with labels
                         success, refined, heldout, source_index)
@@ -24,12 +24,13 @@ import argparse
 import json
 import math
 import pathlib
-import shutil
 import sys
 import time
 
-from diffrl_jax.cli.common import non_negative_floats, non_negative_int, positive_int, typed_assignments
-from diffrl_jax.files import read_jsonl, save_figure_atomic, write_json_atomic, write_jsonl_atomic, write_npz_atomic
+from diffrl_jax.cli.common import (non_negative_floats, non_negative_int, positive_int, resume_step,
+                                   typed_assignments)
+from diffrl_jax.files import (read_jsonl, save_figure_atomic, staged_directory, write_json_atomic,
+                              write_jsonl_atomic, write_npz_atomic)
 from diffrl_jax.errors import ConfigError
 
 SCENARIOS = {
@@ -161,6 +162,55 @@ def _plot_learning_curve(records: list[dict], path: pathlib.Path) -> None:
     save_figure_atomic(fig, path)
 
 
+class _TensorBoard:
+    """The metrics as TensorBoard scalars under OUTDIR/tensorboard: best effort.
+
+    A copy of metrics.jsonl (which is written atomically and is what a
+    resumed run reads) for viewing while a run trains. tensorboardX appends
+    from a background thread, so a refused write (a full disk) cannot be an
+    `OutputError` of the command: it stops the copy with one warning, and the
+    queue is unbounded so that a writer thread that died never blocks the run.
+    """
+
+    def __init__(self, logdir: pathlib.Path, purge_step: int):
+        self._writer = None
+        try:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(str(logdir), purge_step=purge_step, max_queue=1 << 20)
+        except OSError as e:
+            self._stop(e)
+
+    def _stop(self, e: OSError) -> None:
+        print(f"warning: TensorBoard events stopped ({e.strerror or e}); metrics.jsonl has every metric",
+              file=sys.stderr)
+        self._writer = None
+
+    def add_row(self, row: dict) -> None:
+        for k, v in row.items():
+            # NaN: no episode finished this iteration (or a diverged loss,
+            # which metrics.jsonl keeps as null); TensorBoard has no NaN point to draw.
+            if self._writer is not None and k not in ("iteration", "env_steps") and math.isfinite(v):
+                try:
+                    self._writer.add_scalar(k, v, row["iteration"])
+                except OSError as e:
+                    self._stop(e)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.flush()
+            except OSError as e:
+                self._stop(e)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except OSError as e:
+                self._stop(e)
+
+
 def _scalars(metrics: dict, index: int) -> dict:
     import numpy as np
 
@@ -235,9 +285,10 @@ def cmd_refine(args: argparse.Namespace) -> int:
     key = jax.random.PRNGKey(args.seed)
     state = ppo.init(ppo_config, env, key)
     start = 0
-    latest = checkpoint.latest_step(ckpt_dir) if ckpt_dir.exists() else None
-    if args.resume and latest is not None:
-        state, _ = checkpoint.restore(ckpt_dir, state)
+    # The newest checkpoint that reads back whole (a damaged newer one is moved aside, with a warning).
+    latest = resume_step(ckpt_dir) if args.resume else None
+    if latest is not None:
+        state, _ = checkpoint.restore(ckpt_dir, state, step=latest)
         start = int(state.iteration)
     # MJX envs and minibatches split over every local device (the C backend
     # runs on host threads, so it stays on one).
@@ -250,9 +301,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     records = read_jsonl(out / "metrics.jsonl", "iteration", start)
     timings = {"prepare_s": time.perf_counter() - t0}
 
-    from tensorboardX import SummaryWriter
-
-    writer = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1)
+    writer = _TensorBoard(out / "tensorboard", purge_step=start + 1)
     block = record["block"]
     total = ppo_config.num_iterations
     train_s, jit_s = 0.0, 0.0
@@ -276,14 +325,10 @@ def cmd_refine(args: argparse.Namespace) -> int:
                 row = {"iteration": it + i + 1, **_scalars(metrics, i)}
                 row["env_steps"] = (it + i + 1) * ppo_config.num_envs * ppo_config.unroll_length
                 records.append(row)
-                for k, v in row.items():
-                    # NaN: no episode finished this iteration (or a diverged
-                    # loss, which metrics.jsonl keeps as null); TensorBoard
-                    # has no NaN point to draw.
-                    if k not in ("iteration", "env_steps") and math.isfinite(v):
-                        writer.add_scalar(k, v, row["iteration"])
+                writer.add_row(row)
             it += n
             write_jsonl_atomic(out / "metrics.jsonl", records)
+            writer.flush()
             checkpoint.save(ckpt_dir, it, state, record)
             bar.update(n)
             last = records[-1]
@@ -332,11 +377,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
         timings["robustness_s"] = time.perf_counter() - t
     revalidated = None
     if len(adapted_ds):
-        staging = out / ".adapted.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        write_dexgraspnet(staging, adapted_ds, mesh_source_root=dataset.root, labels=labels)
-        shutil.rmtree(out / "adapted", ignore_errors=True)
-        staging.replace(out / "adapted")
+        with staged_directory(out / "adapted") as staging:
+            write_dexgraspnet(staging, adapted_ds, mesh_source_root=dataset.root, labels=labels)
         # The adapted dataset as `diffrl validate` sees it: re-read from disk, re-simulated.
         t = time.perf_counter()
         with tqdm(total=len(adapted_ds), desc="re-validating", unit="grasp", file=sys.stderr,
