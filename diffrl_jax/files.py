@@ -58,7 +58,6 @@ def storage_error(path, e: OSError) -> OutputError:
     return OutputError(f"cannot write {path}: {reason} (errno {e.errno}); nothing was written there")
 
 
-
 def is_storage_error(e: BaseException) -> bool:
     """Whether `e` is an `OSError` of the storage (full, quota, I/O, read-only, permissions)."""
     return isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS
@@ -100,12 +99,8 @@ def atomic_path(path, suffix: str = ""):
     path = pathlib.Path(path)
     if not path.parent.is_dir():
         raise OutputError(f"directory {path.parent} does not exist")
-    try:
+    with output_errors(path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".tmp")
-    except OSError as e:
-        if e.errno in _STORAGE_ERRNOS:
-            raise storage_error(path, e) from None
-        raise
     os.close(fd)
     try:
         yield tmp
@@ -246,12 +241,8 @@ def append_log(path):
     drops. `print(..., file=log)` and `contextlib.redirect_stdout(log)` work.
     """
     path = pathlib.Path(path)
-    try:
+    with output_errors(path):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    except OSError as e:
-        if e.errno in _STORAGE_ERRNOS:
-            raise storage_error(path, e) from None
-        raise
     try:
         yield AppendLog(path, fd)
     finally:
