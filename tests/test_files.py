@@ -341,3 +341,28 @@ def test_data_example_on_a_full_disk_exits_2_leaving_whole_files(tmp_path, monke
     assert after[cylinder] == before[cylinder]  # the file the disk refused is the previous one
     assert after[out / "grasps" / "builtin-box.npy"] != before[out / "grasps" / "builtin-box.npy"]  # rewritten whole
     assert load_dexgraspnet(out).object_codes == ("builtin-box", "builtin-cylinder")
+
+
+def test_tensorboard_copy_stops_with_one_warning_when_the_disk_refuses(tmp_path, capsys):
+    """refine's TensorBoard events are best effort: a refused write warns once and stops them."""
+    from diffrl_jax.cli import refine as cli_refine
+
+    class Refusing:
+        calls = 0
+
+        def add_scalar(self, *args):
+            Refusing.calls += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            raise AssertionError("a stopped copy is not flushed")
+
+    board = cli_refine._TensorBoard(tmp_path / "tensorboard", purge_step=1)
+    board._writer.close()  # the real writer, replaced by one on a full disk
+    board._writer = Refusing()
+    board.add_row({"iteration": 1, "env_steps": 8, "reward": 0.5, "loss": 1.0})
+    board.flush()
+    board.close()
+    assert Refusing.calls == 1
+    err = capsys.readouterr().err
+    assert err.count("warning: TensorBoard events stopped (No space left on device)") == 1

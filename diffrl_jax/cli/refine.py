@@ -186,29 +186,26 @@ class _TensorBoard:
               file=sys.stderr)
         self._writer = None
 
+    def _call(self, method: str, *args) -> None:
+        """`writer.method(*args)`, unless the events stopped; a refused write stops them."""
+        if self._writer is not None:
+            try:
+                getattr(self._writer, method)(*args)
+            except OSError as e:
+                self._stop(e)
+
     def add_row(self, row: dict) -> None:
         for k, v in row.items():
             # NaN: no episode finished this iteration (or a diverged loss,
             # which metrics.jsonl keeps as null); TensorBoard has no NaN point to draw.
-            if self._writer is not None and k not in ("iteration", "env_steps") and math.isfinite(v):
-                try:
-                    self._writer.add_scalar(k, v, row["iteration"])
-                except OSError as e:
-                    self._stop(e)
+            if k not in ("iteration", "env_steps") and math.isfinite(v):
+                self._call("add_scalar", k, v, row["iteration"])
 
     def flush(self) -> None:
-        if self._writer is not None:
-            try:
-                self._writer.flush()
-            except OSError as e:
-                self._stop(e)
+        self._call("flush")
 
     def close(self) -> None:
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            except OSError as e:
-                self._stop(e)
+        self._call("close")
 
 
 def _scalars(metrics: dict, index: int) -> dict:
