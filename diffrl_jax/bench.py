@@ -147,15 +147,15 @@ def bench_physics(batches: Sequence[int], steps: int = 50, pieces: int = 4, repe
 
 def bench_validate(batches: Sequence[int], backend: str = "mjx", pieces: int = 8, group_size: int = 8,
                    repeats: int = 1) -> list[Figure]:
-    from diffrl_jax.sim import bank, hold, mujoco_backend
-    from diffrl_jax.sim.validate import device_name
+    from diffrl_jax.sim import backends, bank, hold
 
+    engine = backends.get(backend)
     world = _world(pieces)
     template, protocol = world.template, world.template.protocol
     mesh = parallel.local_mesh() if jax.local_device_count() > 1 else None
     figures = []
     for b in batches:
-        if backend == "mjx":
+        if engine.shards_over_devices:
             groups = parallel.padded_size(max(1, b // group_size), parallel.num_shards(mesh))
             n = b // groups if b >= groups else 1
             fields = bank.stack_fields([world.fields] * groups)
@@ -167,17 +167,17 @@ def bench_validate(batches: Sequence[int], backend: str = "mjx", pieces: int = 8
         else:
             g = np.resize(world.grasps, (b, world.grasps.shape[-1]))
             start = time.perf_counter()
-            mujoco_backend.hold_test_mujoco(template, world.prepared, g[:1])  # JAX squeeze targets compile
+            engine.hold(template, world.prepared, g[:1])  # JAX squeeze targets compile
             jit_s = time.perf_counter() - start
             run_s = np.inf
             for _ in range(max(1, repeats)):
                 start = time.perf_counter()
-                mujoco_backend.hold_test_mujoco(template, world.prepared, g)
+                engine.hold(template, world.prepared, g)
                 run_s = min(run_s, time.perf_counter() - start)
             b_real, devices = b, 1
         figures.append(Figure(
-            "validate", b_real, b_real / run_s, UNITS["validate"], jit_s, run_s, device_name(backend), devices,
-            {"backend": backend, "physics_steps_per_s": b_real * protocol.total_steps / run_s,
+            "validate", b_real, b_real / run_s, UNITS["validate"], jit_s, run_s, engine.device_name(), devices,
+            {"backend": engine.name, "physics_steps_per_s": b_real * protocol.total_steps / run_s,
              "protocol": protocol.name, "steps_per_grasp": protocol.total_steps, "object_pieces": pieces}))
     return figures
 
@@ -188,9 +188,9 @@ def bench_ppo(batches: Sequence[int], backend: str = "mjx", pieces: int = 8, rep
     from diffrl_jax.data.example import example_dataset
     from diffrl_jax.rl import ppo, refine
     from diffrl_jax.rl.refine_env import RefineConfig
-    from diffrl_jax.sim import bank, protocol
-    from diffrl_jax.sim.validate import device_name
+    from diffrl_jax.sim import backends, bank, protocol
 
+    engine = backends.get(backend)
     hold_protocol = protocol.protocol("strict")
     with tempfile.TemporaryDirectory() as root:
         dataset, text = example_dataset("bottle", 8, seed=0)
@@ -198,8 +198,8 @@ def bench_ppo(batches: Sequence[int], backend: str = "mjx", pieces: int = 8, rep
         write_dexgraspnet(root, dataset)
         problem = refine.build_problem(load_dexgraspnet(root), hold_protocol, bank.ObjectBudget(pieces=pieces),
                                        heldout_fraction=0.0)
-    env = refine.make_env(problem, RefineConfig(), backend)
-    mesh = _mesh() if backend == "mjx" else None
+    env = refine.make_env(problem, RefineConfig(), engine)
+    mesh = _mesh() if engine.shards_over_devices else None
     figures = []
     for b in batches:
         b = parallel.padded_size(b, 4 * parallel.num_shards(mesh))
@@ -214,9 +214,9 @@ def bench_ppo(batches: Sequence[int], backend: str = "mjx", pieces: int = 8, rep
         jit_s, run_s, _ = timed(iteration, state, repeats=repeats)
         steps = b * config.unroll_length
         figures.append(Figure(
-            "ppo", b, steps / run_s, UNITS["ppo"], jit_s, run_s, device_name(backend),
+            "ppo", b, steps / run_s, UNITS["ppo"], jit_s, run_s, engine.device_name(),
             parallel.num_shards(mesh),
-            {"backend": backend, "unroll_length": config.unroll_length,
+            {"backend": engine.name, "unroll_length": config.unroll_length,
              "physics_steps_per_s": steps * hold_protocol.total_steps / run_s}))
     return figures
 
@@ -283,7 +283,9 @@ def bench_sample(batches: Sequence[int], steps: int = 10, repeats: int = 2) -> l
 def run(stages: Sequence[str], batches: dict[str, Sequence[int]] | None = None, backend: str | None = None,
         on_figure: Callable[[Figure], None] | None = None) -> list[Figure]:
     """Every figure of `stages` (default batches per platform); `backend` for validate/ppo."""
-    backend = backend or ("mujoco" if jax.default_backend() == "cpu" else "mjx")
+    from diffrl_jax.sim import backends
+
+    backend = backend or backends.default_name()
     batches = batches or {}
     figures = []
     for stage in stages:

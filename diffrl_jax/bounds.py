@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from diffrl_jax import configs
 from diffrl_jax.errors import ConfigError
 
 
@@ -81,8 +82,8 @@ class PhysicalBounds:
 
 BOUNDS = PhysicalBounds()
 
-# Protocol field -> the PhysicalBounds field it is checked against (HoldProtocol
-# and LiftProtocol share these names).
+# Protocol leaf field -> the PhysicalBounds field it is checked against, wherever
+# it sits in a protocol (HoldProtocol and LiftProtocol share their `physics`).
 PROTOCOL_FIELDS = {
     "friction": "friction",
     "finger_strength": "finger_strength",
@@ -111,11 +112,12 @@ def check(value: float, name: str, what: str, error: type[Exception] = ConfigErr
 
 
 def check_protocol(config, what: str) -> None:
-    """ConfigError unless each physics field of a hold or lift protocol lies in its range.
+    """ConfigError unless each physics field of a hold or lift protocol (or its physics) lies in its range.
 
-    `what` names the config in the message ("protocol field friction is 50,
-    outside [0.001, 10] (PhysicalBounds.friction)").
+    `what` names the config in the message ("protocol field physics.friction
+    is 50, outside [0.001, 10] (PhysicalBounds.friction)").
     """
-    for field, name in PROTOCOL_FIELDS.items():
-        if hasattr(config, field):
-            check(getattr(config, field), name, f"{what} field {field}")
+    for path in configs.leaves(type(config)):
+        name = PROTOCOL_FIELDS.get(path.rsplit(".", 1)[-1])
+        if name is not None:
+            check(configs.get(config, path), name, f"{what} field {path}")

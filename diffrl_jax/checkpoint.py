@@ -373,3 +373,24 @@ def restore(directory: str | os.PathLike, target_state, step: int | None = None)
         restored[_STATE],
     )
     return state, restored[_CONFIG]
+
+
+def resume_step(directory: str | os.PathLike, primary: bool = True,
+                warn: Callable[[str], None] | None = None) -> int | None:
+    """The step to resume from (`latest_intact_step`), with one warning per damaged newer step
+    it moved aside (`warn(message)`, default stderr); None when `directory` holds no checkpoint.
+
+    `primary`: this process moves damaged steps aside (the others of a multi-process run only skip them).
+    """
+    if warn is None:
+        import sys
+
+        def warn(message):
+            print(message, file=sys.stderr)
+
+    damaged = []
+    step = latest_intact_step(directory, move_aside=primary, on_damaged=lambda *report: damaged.append(report))
+    for bad, reason, moved in damaged:
+        warn(f"warning: checkpoint step {bad} is damaged ({reason}); "
+             f"{'moved to ' + str(moved) if primary else 'skipped'}; resuming from step {step}")
+    return step

@@ -78,6 +78,24 @@ def output_errors(path):
         raise
 
 
+# Errors only a write can cause: one that escapes a writer not wrapped here is still the
+# user's to fix (a full disk), so `write_errors_reported` reports it, not a traceback.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+@contextlib.contextmanager
+def write_errors_reported():
+    """Turns an `OSError` that only a write can cause (full disk, quota, file too big,
+    read-only file system) raised by the body into `OutputError`; others pass through."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        where = e.filename or "an output file"
+        raise OutputError(f"cannot write {where}: {os.strerror(e.errno)} (errno {e.errno})") from None
+
+
 def _fsync_dir(directory: pathlib.Path) -> None:
     with contextlib.suppress(OSError):  # not every file system lets a directory be fsynced
         fd = os.open(directory, os.O_RDONLY)

@@ -1,7 +1,8 @@
 """Text overrides of config dataclasses (`--set FIELD=VALUE`), typed by each field's annotation.
 
 Every CLI flag and experiment script that sets config fields from text goes
-through `parse_overrides`, so `--set friction=0.5`, `--ppo hidden_sizes=64,64`
+through `parse_overrides`, so `--set physics.friction=0.5` (or the unique leaf
+name, `--set friction=0.5`; see `configs.resolve`), `--ppo hidden_sizes=64,64`
 and `--set limit=none` mean the same thing everywhere:
 
 - `bool`: true/false, yes/no, on/off, 1/0 (any case);
@@ -11,32 +12,24 @@ and `--set limit=none` mean the same thing everywhere:
   `()` or `[]`;
 - `T | None`: `none`, `null` or nothing for None, else a `T`.
 
-A value that does not parse, or a field the config lacks, is a `ConfigError`
-naming the field and the config. Range checks stay with the config's own
-`validate()`.
+A value that does not parse, or a field the config lacks (or a leaf name
+that several of its nested fields share), is a `ConfigError` naming the
+field and the config. Range checks stay with the config's own `validate()`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any
 
-from diffrl_jax.errors import ConfigError, check_fields
+from diffrl_jax import configs
+from diffrl_jax.errors import ConfigError
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 _NONE = ("none", "null")
-
-
-@functools.lru_cache(maxsize=None)
-def field_types(cls: type) -> dict[str, Any]:
-    """{field: resolved annotation} of the dataclass `cls`."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _split(text: str) -> list[str]:
@@ -86,11 +79,19 @@ def parse_value(text: str, kind: Any, label: str) -> Any:
 
 
 def parse_overrides(config: Any, items: Mapping[str, str], what: str) -> dict[str, Any]:
-    """`{field: text}` -> `{field: typed value}` for the dataclass (or instance) `config`.
+    """`{field: text}` -> `{dotted path: typed value}` for the dataclass (or instance) `config`.
 
-    `what` names the config in messages ("protocol", "PPO config", ...).
+    A field is its dotted path or a unique leaf name (`friction` ->
+    `physics.friction`, see `configs.resolve`). `what` names the config in
+    messages ("protocol", "PPO config", ...).
     """
-    cls = config if isinstance(config, type) else type(config)
-    check_fields(cls, items, what)
-    kinds = field_types(cls)
-    return {name: parse_value(text, kinds[name], f"{what} field {name}") for name, text in items.items()}
+    paths = configs.resolve_all(config, items, what)
+    out = {}
+    for name, text in items.items():
+        path = paths[name]
+        kind = configs.leaf_type(config, path)
+        if kind is None:
+            raise ConfigError(f"{what} field {path} is a group of fields; set one of its fields "
+                              f"({path}.FIELD=VALUE)")
+        out[path] = parse_value(text, kind, f"{what} field {path}")
+    return out

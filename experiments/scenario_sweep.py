@@ -149,7 +149,7 @@ def _raw_validation(run_dir: pathlib.Path, settings: dict, threads: int | None) 
     from tqdm import tqdm
 
     record = json.loads((run_dir / "run.json").read_text())
-    hold = HoldProtocol(**{k: (math.inf if v is None else v) for k, v in record["protocol"].items()})
+    hold = HoldProtocol.from_json(record["protocol"])
     dataset = load_dexgraspnet(settings["dataset"], objects=settings["objects"])
     start = time.perf_counter()
     total = sum(len(e.rows) for e in entries(dataset, settings["limit"]))

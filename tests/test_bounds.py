@@ -184,16 +184,17 @@ def test_a_flat_piece_gets_a_thin_volume_not_a_qhull_error():
 ])
 def test_hold_protocol_field_outside_its_bound(field, value):
     name = bounds.PROTOCOL_FIELDS[field]
+    path = field if field == "acceleration" else f"physics.{field}"  # where the field sits now
     with pytest.raises(ConfigError) as info:
         protocol.protocol("strict", **{field: value})
-    assert str(info.value) == f"protocol field {field} is {value:g}, outside {bounds.range_text(name)}"
+    assert str(info.value) == f"protocol field {path} is {value:g}, outside {bounds.range_text(name)}"
 
 
 @pytest.mark.parametrize("field, value", [
     ("friction", 11.0), ("finger_strength", 1e-3), ("finger_kp", 1e5), ("object_density", 0.5), ("mass_scale", 1e3),
 ])
 def test_lift_protocol_field_outside_its_bound(field, value):
-    with pytest.raises(ConfigError, match=rf"lift protocol field {field} is .*\(PhysicalBounds\."):
+    with pytest.raises(ConfigError, match=rf"lift protocol field physics.{field} is .*\(PhysicalBounds\."):
         lift.LiftProtocol().replace(**{field: value})
 
 

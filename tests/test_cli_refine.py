@@ -113,9 +113,9 @@ def test_metrics_log_is_strict_json(tmp_path):
 
 def _restore_target(run):
     """The TrainState structure of the run (rebuilt from run.json alone)."""
-    from diffrl_jax.cli import refine as cli_refine
+    from diffrl_jax.workflows import refine as refine_workflow
 
-    return cli_refine.state_template(run)
+    return refine_workflow.state_template(run)
 
 
 @requires_shared_data
@@ -195,13 +195,11 @@ def test_more_explore_values_than_steps_fail_before_anything_is_written(tmp_path
 def test_explore_is_recorded_as_one_number_or_one_per_step():
     """run.json keeps a single --explore value a number, as runs before per-step values
     recorded it, so they still resume; several values stay a list."""
-    import argparse
+    from diffrl_jax.workflows.presets import REFINE_PRESETS, explore_values
 
-    from diffrl_jax.cli.refine import PRESETS, _explore
-
-    none, cpu = argparse.Namespace(explore=None), PRESETS["cpu"]
-    assert _explore(none, cpu, 3) == [0.2, 0.0]  # the preset's per-step exploration
-    assert _explore(none, cpu, 1) == 0.2  # cut to one-step episodes
-    assert _explore(argparse.Namespace(explore=(0.3,)), cpu, 3) == 0.3
-    assert _explore(argparse.Namespace(explore=(0.2, 0.0)), cpu, 3) == [0.2, 0.0]
-    assert _explore(none, {"explore": (0.2, 0.0)}, 2) == [0.2, 0.0]  # a list, as JSON reads it back
+    cpu = REFINE_PRESETS["cpu"]
+    assert explore_values(None, cpu, 3) == [0.2, 0.0]  # the preset's per-step exploration
+    assert explore_values(None, cpu, 1) == 0.2  # cut to one-step episodes
+    assert explore_values((0.3,), cpu, 3) == 0.3
+    assert explore_values((0.2, 0.0), cpu, 3) == [0.2, 0.0]
+    assert explore_values(None, {"explore": (0.2, 0.0)}, 2) == [0.2, 0.0]  # a list, as JSON reads it back

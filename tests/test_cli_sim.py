@@ -24,7 +24,9 @@ def test_propose_then_validate(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["validate", "/nonexistent/dir"], "does not exist"),
-    (["validate", "/nonexistent/dir", "--set", "friction=-1"], "friction must be positive"),
+    (["validate", "/nonexistent/dir", "--set", "friction=-1"], "protocol field physics.friction must be positive"),
+    (["validate", "/nonexistent/dir", "--set", "physics.friction=-1"], "physics.friction must be positive"),
+    (["validate", "/nonexistent/dir", "--set", "squeeze.depth_m=x"], "squeeze.depth_m: 'x' is not a number"),
     (["validate", "/nonexistent/dir", "--set", "friction"], "FIELD=VALUE"),
     (["validate", "/nonexistent/dir", "--set", "frition=1"], "unknown protocol field"),
     (["propose", "--object", "builtin:teapot", "--out", "/tmp/never"], "unknown built-in object"),

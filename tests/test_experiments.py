@@ -28,6 +28,7 @@ from diffrl_jax.diffusion.model import make_denoiser, model_kwargs
 from diffrl_jax.diffusion.train import TrainData, fit_normaliser, init_train_state, make_train_block
 from diffrl_jax.errors import ConfigError
 from diffrl_jax.experiments import hold_by_scale, random_corrections, scenario_sweep, seed_sweep, table_clearance
+from diffrl_jax.workflows import refine as refine_workflow
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_MODEL = ["width=32", "depth=1", "time_dim=16", "block_steps=5", "warmup_steps=2",
@@ -174,15 +175,17 @@ def fake_refine(monkeypatch):
     calls = []
 
     def cmd_refine(args):
-        scenario, hold, ppo_config, refine_config, backend, preset = cli_refine._configs(args)
-        record = cli_refine._run_record(args, scenario, hold, ppo_config, refine_config, backend, preset)
+        config = cli_refine.config_from_args(args)
+        resolved = refine_workflow.resolve(config)
+        hold, ppo_config = resolved.hold, resolved.ppo
+        record = refine_workflow.run_record(config, resolved)
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.json").write_text(json.dumps(record))
-        calls.append({"friction": hold.friction, "mass_scale": hold.mass_scale, "resume": args.resume,
+        calls.append({"friction": hold.physics.friction, "mass_scale": hold.physics.mass_scale, "resume": args.resume,
                       "limit": args.limit, "envs": ppo_config.num_envs, "attempts": args.attempts,
                       "explore": record["explore"]})
-        kept = _kept(hold.friction, hold.mass_scale)
+        kept = _kept(hold.physics.friction, hold.physics.mass_scale)
         objects = {code: {"n": args.limit, "raw_success": 0.0, "adapted_success": 1.0, "fixed_fraction": kept,
                           "kept_fraction": kept, "heldout_adapted_success": None}
                    for code in ("builtin-box", "builtin-cylinder")}
@@ -214,7 +217,8 @@ def test_scenario_sweep_end_to_end(example_dir, tmp_path, capsys, fake_refine):
     for s in result["scenarios"]:
         raw = json.loads((out / s["name"] / "raw_validation.json").read_text())
         # The raw hold test ran under the scenario's protocol, as the refine run recorded it.
-        assert raw["protocol"]["friction"] == s["friction"] and raw["protocol"]["mass_scale"] == 2.0
+        physics = raw["protocol"]["physics"]  # protocols are written nested
+        assert physics["friction"] == s["friction"] and physics["mass_scale"] == 2.0
         assert raw["protocol"]["hold_s"] == 0.1
         for code, o in s["objects"].items():
             assert raw["objects"][code]["n"] == 3

@@ -345,7 +345,7 @@ def test_data_example_on_a_full_disk_exits_2_leaving_whole_files(tmp_path, monke
 
 def test_tensorboard_copy_stops_with_one_warning_when_the_disk_refuses(tmp_path, capsys):
     """refine's TensorBoard events are best effort: a refused write warns once and stops them."""
-    from diffrl_jax.cli import refine as cli_refine
+    from diffrl_jax.workflows.refine import TensorBoardLog
 
     class Refusing:
         calls = 0
@@ -357,7 +357,7 @@ def test_tensorboard_copy_stops_with_one_warning_when_the_disk_refuses(tmp_path,
         def flush(self):
             raise AssertionError("a stopped copy is not flushed")
 
-    board = cli_refine._TensorBoard(tmp_path / "tensorboard", purge_step=1)
+    board = TensorBoardLog(tmp_path / "tensorboard", purge_step=1)
     board._writer.close()  # the real writer, replaced by one on a full disk
     board._writer = Refusing()
     board.add_row({"iteration": 1, "env_steps": 8, "reward": 0.5, "loss": 1.0})

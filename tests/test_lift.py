@@ -22,7 +22,7 @@ from diffrl_jax.errors import ConfigError
 from diffrl_jax.objects import assets
 from diffrl_jax.sim import bank, lift
 
-PROTOCOL = lift.LiftProtocol(orientation="upright", timestep=0.008, settle_s=0.5)
+PROTOCOL = lift.LiftProtocol().replace(orientation="upright", timestep=0.008, settle_s=0.5)
 CYLINDER_GRASP = np.array([
     0.0946, 0.0399, 0.0126, 0.3308, -0.8631, 0.3817, 0.5738, 0.505, 0.6447, 0.0374, 0.6739, 0.6713,
     0.707, -0.0122, 0.6729, 0.6754, 0.7159, -0.0219, 0.7629, 0.7665, 0.7127, 0.2429, -0.0149, 0.703,
@@ -56,7 +56,7 @@ def test_protocol_defaults():
     assert (p.lift_height_m, p.success_height_m, p.slip_bound_m, p.hold_s) == (0.20, 0.15, 0.03, 1.0)
     assert p.total_steps == sum(p.phase_steps) == 800
     assert p.lift_start == sum(p.phase_steps[:3])
-    assert p.replace(friction=0.5).friction == 0.5
+    assert p.replace(friction=0.5).physics.friction == 0.5
 
 
 @pytest.mark.parametrize("overrides, match", [

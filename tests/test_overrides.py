@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from diffrl_jax import overrides
+from diffrl_jax import configs, overrides
 from diffrl_jax.diffusion.config import DiffusionConfig
 from diffrl_jax.errors import ConfigError
 from diffrl_jax.rl.ppo import PPOConfig
@@ -60,7 +60,9 @@ def test_bad_text_is_a_config_error_naming_the_field(items, message):
     PipelineConfig,
 ])
 def test_every_project_config_round_trips_its_defaults_through_text(config):
-    """Each field's default, written as text, parses back to itself: every annotation is supported."""
+    """Each field's default, written as text, parses back to itself: every annotation is supported.
+
+    Nested configs (the protocols' `physics`, `squeeze`) by their leaves' dotted paths."""
     default = config()
 
     def text(value):
@@ -68,7 +70,58 @@ def test_every_project_config_round_trips_its_defaults_through_text(config):
             return ",".join(map(str, value))
         return "none" if value is None else str(value)
 
-    items = {f.name: text(getattr(default, f.name)) for f in dataclasses.fields(config)
-             if not (isinstance(getattr(default, f.name), tuple) and not getattr(default, f.name))}
+    items = {path: text(configs.get(default, path)) for path in configs.leaves(config)
+             if not (isinstance(configs.get(default, path), tuple) and not configs.get(default, path))}
     parsed = overrides.parse_overrides(config, items, "config")
-    assert parsed == {name: getattr(default, name) for name in items}
+    assert parsed == {name: configs.get(default, name) for name in items}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    x: float = 1.0
+    y: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outer:
+    a: _Inner = _Inner()
+    b: _Inner = _Inner()
+    z: float = 0.5
+
+
+def test_dotted_paths_and_unique_leaf_names():
+    """`--set physics.friction=0.5` and `--set friction=0.5` both reach the nested field."""
+    dotted = overrides.parse_overrides(protocol.HoldProtocol, {"physics.friction": "0.5"}, "protocol")
+    leaf = overrides.parse_overrides(protocol.HoldProtocol, {"friction": "0.5"}, "protocol")
+    assert dotted == leaf == {"physics.friction": 0.5}
+    alias = overrides.parse_overrides(protocol.HoldProtocol, {"squeeze_m": "0"}, "protocol")  # the old flat name
+    assert alias == {"squeeze.depth_m": 0.0}
+    strict = protocol.protocol("strict")
+    assert strict.replace(**{"physics.friction": 0.5}) == strict.replace(friction=0.5)
+    assert strict.replace(friction=0.5).physics.friction == 0.5
+    assert strict.replace(friction=0.5).physics.mass_scale == strict.physics.mass_scale  # the rest kept
+    held = lift.LiftProtocol().replace(**{"physics.mass_scale": 2.0, "squeeze.closure_rad": 0.2, "hold_s": 0.5})
+    assert (held.physics.mass_scale, held.squeeze.closure_rad, held.hold_s) == (2.0, 0.2, 0.5)
+    assert held.physics.impratio == 10.0  # the lift's own default, not the hold test's
+    # Merged overrides (a scenario's, then --set's): the later name of a field wins.
+    assert strict.replace(**{"friction": 0.5, "physics.friction": 0.7}).physics.friction == 0.7
+    assert overrides.parse_overrides(_Outer, {"a.x": "3", "z": "1"}, "outer") == {"a.x": 3.0, "z": 1.0}
+    assert configs.replace(_Outer(), {"b.y": 5}, "outer") == _Outer(b=_Inner(y=5))
+
+
+@pytest.mark.parametrize("items, message", [
+    ({"x": "1"}, r"ambiguous outer field 'x': it could be any of \['a.x', 'b.x'\]"),
+    ({"w": "1"}, r"unknown outer field\(s\) \['w'\]; known: \['a.x', 'a.y', 'b.x', 'b.y', 'z'\]"),
+    ({"a": "1"}, r"outer field a is a group of fields"),
+])
+def test_ambiguous_or_unknown_leaf_names_list_the_dotted_names(items, message):
+    with pytest.raises(ConfigError, match=message):
+        overrides.parse_overrides(_Outer, items, "outer")
+    if "group" not in message:
+        with pytest.raises(ConfigError, match=message):
+            configs.replace(_Outer(), dict.fromkeys(items, 1.0), "outer")
+
+
+def test_an_unknown_protocol_field_lists_the_dotted_names():
+    with pytest.raises(ConfigError, match=r"unknown protocol field\(s\) \['frition'\]; known: .*'physics.friction'"):
+        protocol.protocol("strict", frition=1.0)

@@ -163,3 +163,52 @@ def test_the_package_list_names_every_package():
     found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "diffrl_jax").rglob("__init__.py")}
     assert listed == found | {"diffrl_jax.experiments"}
     assert pathlib.Path(pipeline.__file__).resolve() == REPO / "experiments" / "pipeline.py"
+
+
+@pytest.mark.parametrize("assignments", [
+    {},
+    {"refine_explore": "0.3", "scenario": "low-friction", "limit": "6", "hold.settle_s": "0.02",
+     "ppo.num_minibatches": "2", "refine_robustness": "2"},
+])
+def test_refine_stage_calls_the_workflow_with_its_printed_command(tmp_path, assignments):
+    """The refine stage's typed config is what its `$ diffrl refine ...` line parses to, and
+    its exploration is the refine preset's unless the pipeline's config sets one."""
+    from diffrl_jax.cli import refine as cli_refine
+    from diffrl_jax.cli.main import build_parser
+    from diffrl_jax.workflows import pipeline as pipeline_workflow
+    from diffrl_jax.workflows import refine as refine_workflow
+
+    config = pipeline.config_from("quick", None, None, assignments)
+    run = pipeline_workflow.Run(tmp_path / "run", config)
+    argv = run.refine_argv()
+    assert cli_refine.config_from_args(build_parser().parse_args(argv)) == run.refine_config()
+    refine_config = run.refine_config()
+    record = refine_workflow.run_record(refine_config, refine_workflow.resolve(refine_config))
+    if "refine_explore" in assignments:
+        assert record["explore"] == 0.3 and "--explore" in argv
+    else:
+        assert record["explore"] == [0.2, 0.0] and "--explore" not in argv  # the cpu preset's, per step
+
+
+@pytest.mark.parametrize("assignments", [
+    {},
+    {"train_min_robustness": "0.5", "refine_robustness": "2", "diffusion.width": "32", "train_steps": "40",
+     "lift.settle_s": "0.5", "scenario": "heavy", "videos": "0", "eval_select": "contact"},
+])
+def test_diffusion_and_evaluate_stages_call_the_workflows_with_their_printed_commands(
+        tmp_path, monkeypatch, assignments):
+    """The train, sample and evaluate stages' typed configs are what their `$ diffrl ...` lines parse to."""
+    from diffrl_jax.cli import diffusion as cli_diffusion
+    from diffrl_jax.cli import evaluate as cli_evaluate
+    from diffrl_jax.cli.main import build_parser
+    from diffrl_jax.workflows import pipeline as pipeline_workflow
+
+    monkeypatch.setattr(pipeline_workflow, "trained_codes", lambda run: ["builtin-box", "builtin-sphere"])
+    run = pipeline_workflow.Run(tmp_path / "run", pipeline.config_from("quick", None, None, assignments))
+    parse = build_parser().parse_args
+    assert cli_diffusion.train_config_from_args(parse(pipeline_workflow.train_argv(run))) == \
+        pipeline_workflow.train_config(run)
+    assert cli_diffusion.sample_config_from_args(parse(pipeline_workflow.sample_argv(run, "builtin-box"))) == \
+        pipeline_workflow.sample_config(run, "builtin-box")
+    assert cli_evaluate.config_from_args(parse(pipeline_workflow.evaluate_argv(run))) == \
+        pipeline_workflow.evaluate_config(run)

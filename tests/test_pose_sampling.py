@@ -12,7 +12,7 @@ from test_lift import BOX_GRASP, EMPTY_OFFSET, PROTOCOL
 from diffrl_jax.errors import ConfigError
 from diffrl_jax.evaluation import pose_sampling
 from diffrl_jax.objects import assets
-from diffrl_jax.sim import bank, lift
+from diffrl_jax.sim import backends, bank, lift
 from diffrl_jax.sim.protocol import HoldProtocol
 
 
@@ -44,12 +44,13 @@ def test_choose_checked_prefers_most_directions_then_contact_order():
 
 
 def test_check_protocol_has_the_lift_physics():
-    protocol = dataclasses.replace(lift.LiftProtocol(), friction=0.5, mass_scale=2.0, impratio=3.0,
-                                   squeeze_closure_rad=0.05, finger_strength=0.8)
+    protocol = lift.LiftProtocol().replace(friction=0.5, mass_scale=2.0, impratio=3.0,
+                                           squeeze_closure_rad=0.05, finger_strength=0.8)
     check = pose_sampling.hold_protocol_for(protocol)
-    for name in ("friction", "mass_scale", "impratio", "squeeze_closure_rad", "finger_strength",
-                 "object_density", "timestep", "finger_kp"):
-        assert getattr(check, name) == getattr(protocol, name), name
+    # Composed, not copied: the check holds the lift's own physics and squeeze.
+    assert check.physics is protocol.physics and check.squeeze is protocol.squeeze
+    assert (check.physics.friction, check.physics.mass_scale, check.physics.impratio,
+            check.squeeze.closure_rad, check.physics.finger_strength) == (0.5, 2.0, 3.0, 0.05, 0.8)
     # The judgement is the strict hold test's.
     strict = HoldProtocol()
     assert (check.translation_bound_m, check.rotation_bound_rad, check.hold_s) == (
@@ -74,8 +75,8 @@ def test_check_runs_on_both_backends():
     empty = BOX_GRASP.copy()
     empty[:3] += EMPTY_OFFSET
     grasps = np.stack([BOX_GRASP, empty])
-    on_c = pose_sampling._check(template, prepared, grasps, "mujoco", 1, size=4)
-    on_mjx = pose_sampling._check(template, prepared, grasps, "mjx", None, size=4)
+    on_c = pose_sampling._check(template, prepared, grasps, backends.MuJoCo(nthread=1), size=4)
+    on_mjx = pose_sampling._check(template, prepared, grasps, backends.MJX(), size=4)
     assert on_c.shape == on_mjx.shape == (2,)
     assert on_c[1] == on_mjx[1] == 0  # an empty hand holds in no direction
     # The grasp that lifts the box resists some of the six pulls (3 on C, 2 on MJX when

@@ -13,7 +13,7 @@ import pytest
 from _paths import SHARED_DATA, requires_shared_data
 from diffrl_jax.data import grasps as grasp_lib
 from diffrl_jax.errors import ConfigError
-from diffrl_jax.evaluation.geometry import hand_qpos
+from diffrl_jax.sim.geometry import hand_qpos
 from diffrl_jax.hand import constants
 from diffrl_jax.objects import assets
 from diffrl_jax.scene import build_scene

@@ -21,16 +21,16 @@ def test_presets_and_overrides():
     assert protocol.protocol("strict", penetration_bound_m=math.inf).penetration_bound_m == math.inf
     assert strict.total_steps == strict.settle_steps + 6 * strict.hold_steps
     dgn = protocol.protocol("dexgraspnet")
-    assert dgn.friction == 3.0 and dgn.squeeze_m == 0.001 and dgn.require_contact
+    assert dgn.physics.friction == 3.0 and dgn.squeeze.depth_m == 0.001 and dgn.require_contact
     assert math.isclose(dgn.hold_s, 100 / 60)
-    assert protocol.protocol("strict", friction=0.5).friction == 0.5
+    assert protocol.protocol("strict", friction=0.5).physics.friction == 0.5
 
 
 @pytest.mark.parametrize("overrides, match", [
     ({"friction": -1.0}, "friction must be positive"),
     ({"friction": float("nan")}, "friction must be positive"),
     ({"hold_s": 0.0}, "hold_s must be positive"),
-    ({"squeeze_m": -0.001}, "squeeze_m"),
+    ({"squeeze_m": -0.001}, "squeeze.depth_m"),
     ({"timestep": 0.5}, "too coarse"),
     ({"max_contacts": 0}, "max_contacts"),
     ({"penetration_bound_m": 0.0}, "penetration_bound_m must be positive"),
@@ -40,6 +40,56 @@ def test_presets_and_overrides():
 def test_bad_protocols(overrides, match):
     with pytest.raises(ConfigError, match=match):
         protocol.protocol("strict", **overrides)
+
+
+def test_declared_checks_name_the_nested_field():
+    """Each field's valid values are declared with it; the message gives its dotted path."""
+    with pytest.raises(ConfigError) as info:
+        protocol.protocol("strict", friction=-1.0)
+    assert str(info.value) == "protocol field physics.friction must be positive, got -1.0"
+    with pytest.raises(ConfigError) as info:
+        protocol.HoldProtocol(squeeze=protocol.SqueezeConfig(reach_m=math.nan)).validate()
+    assert str(info.value) == "protocol field squeeze.reach_m must be a finite number >= 0, got nan"
+    with pytest.raises(ConfigError) as info:
+        protocol.PhysicsConfig(max_contacts=2.5).validate()
+    assert str(info.value) == "physics field max_contacts must be a positive integer, got 2.5"
+    assert protocol.PhysicsConfig(friction=3.0).validate().friction == 3.0
+
+
+def test_protocols_written_nested_or_flat_read_back():
+    """`HoldProtocol.from_json` reads `protocol_json` (nested) and the flat records of older runs."""
+    import json
+
+    from diffrl_jax.sim.validate import protocol_json
+
+    dgn = protocol.DEXGRASPNET
+    nested = json.loads(json.dumps(protocol_json(dgn)))  # strict JSON: inf as null
+    assert nested["physics"]["friction"] == 3.0 and nested["squeeze"]["depth_m"] == 0.001
+    assert nested["translation_bound_m"] is None
+    assert protocol.HoldProtocol.from_json(nested) == dgn
+    flat = {"name": "dexgraspnet", "friction": 3.0, "finger_strength": 1.0, "finger_kp": 3.0,
+            "object_density": 500.0, "mass_scale": 1.0, "timestep": 0.004, "impratio": 1.0,
+            "max_contacts": 64, "squeeze_m": 0.001, "squeeze_distance_m": 0.01, "squeeze_closure_rad": 0.0,
+            "acceleration": 9.81, "settle_s": 0.0, "hold_s": 100 / 60, "translation_bound_m": None,
+            "rotation_bound_rad": None, "require_contact": True, "penetration_bound_m": 0.005}
+    assert protocol.HoldProtocol.from_json(flat) == dgn
+    with pytest.raises(ConfigError, match="unknown protocol field"):
+        protocol.HoldProtocol.from_json({**flat, "gravity": 1.0})
+    with pytest.raises(ConfigError, match="physics.friction must be positive"):
+        protocol.HoldProtocol.from_json({**nested, "physics": {**nested["physics"], "friction": -1.0}})
+
+
+def test_lift_protocol_round_trips_through_json():
+    import json
+
+    from diffrl_jax import configs
+    from diffrl_jax.sim import lift
+
+    upright = lift.LiftProtocol().replace(orientation="upright", friction=0.5)
+    record = json.loads(json.dumps(configs.to_json(upright)))
+    assert record["physics"]["impratio"] == 10.0 and record["table_size"] == [0.4, 0.4, 0.02]
+    assert lift.LiftProtocol.from_json(record) == upright
+    assert lift.LiftProtocol.from_json({"orientation": "upright", "friction": 0.5}) == upright  # flat
 
 
 def test_unknown_protocol_name():

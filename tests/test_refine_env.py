@@ -1,6 +1,6 @@
 """The refinement environment: corrections, shapes, determinism, NaN containment.
 
-The hold test runs on MuJoCo's C engine (`mujoco_hold_fn`) on the bottle of
+The hold test runs on MuJoCo's C engine (`backends.MuJoCo.world_hold_fn`) on the bottle of
 the shared sample at its smallest scale, with a 5-piece budget and a short
 strict protocol, so the module compiles a few small functions.
 """

@@ -16,9 +16,10 @@ import av
 import numpy as np
 import pytest
 
-from diffrl_jax.cli import evaluate as cli_evaluate
+from diffrl_jax.workflows import evaluate as evaluate_workflow
 from diffrl_jax.errors import DiffrlError
 from diffrl_jax.evaluation import render
+from diffrl_jax.evaluation.render import gl as render_gl
 from diffrl_jax.objects import assets
 from diffrl_jax.sim import bank, lift, lift_mujoco
 
@@ -112,7 +113,7 @@ def test_lift_video_is_the_evaluated_execution(backend, setup, tmp_path):
     assert com[1][2] - com[0][2] == result.lift_height[0]
 
     frames = render.lift_frames(template, prepared, pose, grasp, fps=FPS, width=SIZE[0], height=SIZE[1])
-    n = int(PROTOCOL.total_steps * PROTOCOL.timestep * FPS) + 1
+    n = int(PROTOCOL.total_steps * PROTOCOL.physics.timestep * FPS) + 1
     assert frames.shape == (n, SIZE[1], SIZE[0], 3) and frames.dtype == np.uint8
     assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).max(axis=-1).mean() > 5  # things moved
 
@@ -179,10 +180,11 @@ def test_write_png_and_tile(tmp_path):
 
 
 def test_no_backend_says_what_to_install(monkeypatch):
+    # gl_backend looks up probe_backend in its home module, render.gl: patch it there.
     monkeypatch.delenv("MUJOCO_GL", raising=False)
     reasons = {"egl": "EGLError: no display", "osmesa": "cannot load libOSMesa.so"}
-    monkeypatch.setattr(render, "probe_backend", lambda name, timeout_s=0: reasons[name])
-    render._choose.cache_clear()
+    monkeypatch.setattr(render_gl, "probe_backend", lambda name, timeout_s=0: reasons[name])
+    render_gl._choose.cache_clear()
     try:
         with pytest.raises(render.RenderError) as info:
             render.gl_backend()
@@ -199,11 +201,11 @@ def test_no_backend_says_what_to_install(monkeypatch):
         with pytest.raises(render.RenderError, match="turns MuJoCo's rendering off"):
             render.gl_backend()
 
-        monkeypatch.setattr(render, "probe_backend", lambda name, timeout_s=0: None if name == "osmesa" else "no")
+        monkeypatch.setattr(render_gl, "probe_backend", lambda name, timeout_s=0: None if name == "osmesa" else "no")
         monkeypatch.delenv("MUJOCO_GL")
         assert render.gl_backend() == "osmesa"  # egl first, then osmesa
     finally:
-        render._choose.cache_clear()
+        render_gl._choose.cache_clear()
 
 
 def test_probe_reports_the_error_line():
@@ -217,12 +219,12 @@ def test_select_poses():
     records = [{"pose": i, "success": s, "clear_candidates": c}
                for i, (s, c) in enumerate([(False, 0.0), (True, 0.5), (False, 0.2), (True, 1.0), (True, 1.0),
                                            (False, 0.1)])]
-    assert cli_evaluate.select_poses(records, 2) == [(1, "success"), (2, "failure"), (3, "success"),
+    assert evaluate_workflow.select_poses(records, 2) == [(1, "success"), (2, "failure"), (3, "success"),
                                                      (5, "failure")]
-    assert cli_evaluate.select_poses(records, 0) == []
-    assert cli_evaluate.select_poses(records, 9) == [(0, "failure"), (1, "success"), (2, "failure"),
+    assert evaluate_workflow.select_poses(records, 0) == []
+    assert evaluate_workflow.select_poses(records, 9) == [(0, "failure"), (1, "success"), (2, "failure"),
                                                      (3, "success"), (4, "success"), (5, "failure")]
-    assert cli_evaluate.file_stem("a/b c", 3) == "a_b_c-pose3"
+    assert evaluate_workflow.file_stem("a/b c", 3) == "a_b_c-pose3"
 
 
 @pytest.fixture
@@ -251,11 +253,11 @@ def fake_evaluation(setup, monkeypatch):
     monkeypatch.setattr(pipeline, "resolve_object",
                         lambda trained, name, scale=None: SimpleNamespace(code="builtin-cylinder", scale=1.0,
                                                                           seen=False))
-    monkeypatch.setattr(cli_evaluate, "_object_asset", lambda spec: assets.builtin_object("cylinder"))
+    monkeypatch.setattr(evaluate_workflow, "object_asset", lambda spec: assets.builtin_object("cylinder"))
     monkeypatch.setattr(pose_sampling, "evaluate_object", evaluate_object)
-    monkeypatch.setattr(cli_evaluate, "VIDEO_SIZE", SIZE)
-    monkeypatch.setattr(cli_evaluate, "STILL_SIZE", SIZE)
-    monkeypatch.setattr(cli_evaluate, "VIDEO_FPS", FPS)
+    monkeypatch.setattr(evaluate_workflow, "VIDEO_SIZE", SIZE)
+    monkeypatch.setattr(evaluate_workflow, "STILL_SIZE", SIZE)
+    monkeypatch.setattr(evaluate_workflow, "VIDEO_FPS", FPS)
     sets = [x for item in ("orientation=upright", "timestep=0.008", "settle_s=0.5") for x in ("--set", item)]
     return lambda out, *extra: ["evaluate", "ckpt", "--objects", "builtin:cylinder", "--poses", "2",
                                 "--backend", "mujoco", "--budget-pieces", "2", *sets, "--out", str(out), *extra]
@@ -274,7 +276,7 @@ def test_cli_evaluate_videos(backend, fake_evaluation, tmp_path, capsys):
     assert summary["render"]["backend"] == backend
     for rel in summary["videos"]:
         with av.open(str(out / rel)) as container:
-            assert sum(1 for _ in container.decode(video=0)) == int(PROTOCOL.total_steps * PROTOCOL.timestep * FPS) + 1
+            assert sum(1 for _ in container.decode(video=0)) == int(PROTOCOL.total_steps * PROTOCOL.physics.timestep * FPS) + 1
 
     out0 = tmp_path / "eval0"
     assert main(fake_evaluation(out0, "--videos", "0")) == 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import math
 import os
@@ -14,7 +13,14 @@ import pathlib
 import sys
 
 from diffrl_jax.errors import ConfigError, DiffrlError
-from diffrl_jax.files import OutputError, run_lock, write_json_atomic
+from diffrl_jax.files import run_lock, write_errors_reported, write_json_atomic
+
+
+def resume_step(directory, primary: bool = True) -> int | None:
+    """`checkpoint.resume_step`, warning on stderr (imported lazily: the CLI starts without JAX)."""
+    from diffrl_jax import checkpoint
+
+    return checkpoint.resume_step(directory, primary)
 
 
 def positive_int(text: str) -> int:
@@ -101,24 +107,6 @@ def save_out_json(args: argparse.Namespace, result: dict) -> None:
         save_json_result(args.out, result)
 
 
-def resume_step(directory, primary: bool = True) -> int | None:
-    """The checkpoint step to resume from (`checkpoint.latest_intact_step`), warning on stderr about
-    each damaged newer step it moved aside; None when `directory` holds no checkpoint.
-
-    `primary`: this process moves damaged steps aside (the others of a multi-process run only skip them).
-    """
-    from diffrl_jax import checkpoint
-
-    damaged = []
-    step = checkpoint.latest_intact_step(directory, move_aside=primary,
-                                         on_damaged=lambda *report: damaged.append(report))
-    for bad, reason, moved in damaged:
-        print(f"warning: checkpoint step {bad} is damaged ({reason}); "
-              f"{'moved to ' + str(moved) if primary else 'skipped'}; resuming from step {step}",
-              file=sys.stderr)
-    return step
-
-
 def add_distributed_options(parser: argparse.ArgumentParser) -> None:
     """--coordinator/--num-processes/--process-id (else $JAX_COORDINATOR_ADDRESS, ...)."""
     group = parser.add_argument_group(
@@ -149,10 +137,6 @@ def join_processes(args: argparse.Namespace) -> None:
 
 
 EXIT_USER_ERROR = 2
-
-# Errors only a write can cause: one that escapes a writer not wrapped in `diffrl_jax.files`
-# is still the user's to fix (a full disk), so it is reported, not a traceback.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def _process_index(args: argparse.Namespace) -> int:
@@ -189,24 +173,13 @@ def command_name(args: argparse.Namespace) -> str:
     return " ".join(["diffrl", *(w for w in words if w)])
 
 
-@contextlib.contextmanager
-def _write_errors_reported():
-    try:
-        yield
-    except OSError as e:
-        if e.errno not in _WRITE_ERRNOS:
-            raise
-        where = e.filename or "an output file"
-        raise OutputError(f"cannot write {where}: {os.strerror(e.errno)} (errno {e.errno})") from None
-
-
 def run_command(args: argparse.Namespace) -> int:
     """Runs a parsed `diffrl` command (`args.func`) under the lock on its output (`output_lock`).
 
     `diffrl` itself, the pipeline's stages and the sweeps' in-process runs
     all come through here, so every writer is locked the same way.
     """
-    with _write_errors_reported(), output_lock(args, command_name(args)):
+    with write_errors_reported(), output_lock(args, command_name(args)):
         return args.func(args)
 
 
@@ -224,7 +197,7 @@ def run_script(argv, parser: argparse.ArgumentParser, run, show, save=None) -> i
 
     runtime.configure()
     try:
-        with _write_errors_reported(), output_lock(args, parser.prog):
+        with write_errors_reported(), output_lock(args, parser.prog):
             result = run(args)
             if save is not None:
                 save(args, result)

@@ -179,7 +179,7 @@ def _cmd_propose(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise DiffrlError(f"{path}: no such mesh file (give builtin:NAME or an OBJ path)")
         scale = args.scale
-        obj = assets.mesh_object(path, scale, density=protocol.object_density)
+        obj = assets.mesh_object(path, scale, density=protocol.physics.object_density)
         code = path.parent.parent.name if path.parent.name == "coacd" else path.stem
         mesh_text = path.read_text()
     out = pathlib.Path(args.out)
@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     diffusion.add_commands(commands)
     evaluate.add_command(commands)
 
-    from diffrl_jax.experiments import pipeline
+    from diffrl_jax.cli import pipeline
 
     pipeline_parser = commands.add_parser(
         "pipeline",
@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "skips finished stages and resumes an interrupted one.",
     )
     pipeline.add_arguments(pipeline_parser)
-    pipeline_parser.set_defaults(func=pipeline.run_from_args)
+    pipeline_parser.set_defaults(func=pipeline.run_from_args, run_cli=run_in_process)
 
     bench_parser = commands.add_parser(
         "bench",
@@ -441,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--json", action="store_true", help="print one JSON object")
     bench_parser.set_defaults(func=_cmd_bench, out_is_file=True)
     return parser
+
+
+def run_in_process(argv: Sequence[str]) -> int:
+    """`diffrl ARGV` in this process, as `diffrl` runs it (under the lock on its output); errors raise."""
+    return run_command(build_parser().parse_args(list(argv)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,24 +20,11 @@ from diffrl_jax.data import grasps as grasp_lib
 from diffrl_jax.data import rotations
 from diffrl_jax.data.dexgraspnet import GraspDataset
 from diffrl_jax.errors import ConfigError
-from diffrl_jax.evaluation.geometry import min_distance
 from diffrl_jax.hand import constants
+from diffrl_jax.hand.poses import FINGER_CLOSE_MAX, FINGERS, JOINT_INDEX, PALM_CENTRE, finger_geoms
 from diffrl_jax.objects import assets
 from diffrl_jax.scene import Scene, build_scene
-
-JOINT_INDEX = {name: i for i, name in enumerate(constants.JOINT_NAMES)}
-# Per finger: joint indices, open pose, closing direction (rad per unit of s).
-FINGERS = {
-    "ff": (["robot0:FFJ3", "robot0:FFJ2", "robot0:FFJ1", "robot0:FFJ0"], [0, 0, 0, 0], [0, 0.6, 1.0, 0.5]),
-    "mf": (["robot0:MFJ3", "robot0:MFJ2", "robot0:MFJ1", "robot0:MFJ0"], [0, 0, 0, 0], [0, 0.6, 1.0, 0.5]),
-    "rf": (["robot0:RFJ3", "robot0:RFJ2", "robot0:RFJ1", "robot0:RFJ0"], [0, 0, 0, 0], [0, 0.6, 1.0, 0.5]),
-    "lf": (["robot0:LFJ4", "robot0:LFJ3", "robot0:LFJ2", "robot0:LFJ1", "robot0:LFJ0"],
-           [0.3, 0, 0, 0, 0], [0, 0, 0.6, 1.0, 0.5]),
-    "th": (["robot0:THJ4", "robot0:THJ3", "robot0:THJ2", "robot0:THJ1", "robot0:THJ0"],
-           [0.3, 0.6, 0, 0, 0], [0, 0.4, 0, -0.35, -0.5]),
-}
-FINGER_CLOSE_MAX = 1.5
-PALM_CENTRE = np.array([0.011, -0.0111, 0.045])  # on the palm's inner face, local frame
+from diffrl_jax.sim.geometry import min_distance
 
 
 def object_mesh_pieces(obj: assets.ObjectAsset, points: int = 48) -> list[np.ndarray]:
@@ -85,15 +72,6 @@ def obj_text(pieces: list[np.ndarray]) -> str:
 def _min_distance(model, data, geoms, object_geoms, fromto) -> float:
     # Distances past 5 cm only need to read as "far".
     return min_distance(model, data, geoms, object_geoms, 0.05, fromto)
-
-
-def finger_geoms(scene: Scene) -> dict[str, list[int]]:
-    model = scene.model
-    out = {}
-    for finger in FINGERS:
-        out[finger] = [g for g in scene.hand_geoms
-                       if model.geom(g).name.startswith(f"robot0:C_{finger}")]
-    return out
 
 
 def kinematic_grasps(scene: Scene, n: int, seed: int = 0, clearance: float = 0.005,

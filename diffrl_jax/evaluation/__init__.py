@@ -1,1 +1,1 @@
-"""Evaluation: grasp geometry, dataset checks."""
+"""Evaluation: dataset checks, pose sampling, statistics, rendering."""

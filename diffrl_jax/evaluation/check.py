@@ -15,9 +15,9 @@ import numpy as np
 
 from diffrl_jax.data import grasps as grasp_lib
 from diffrl_jax.data.dexgraspnet import GraspDataset
-from diffrl_jax.evaluation.geometry import measure_grasps
 from diffrl_jax.objects import assets
 from diffrl_jax.scene import SceneConfig, build_scene
+from diffrl_jax.sim.geometry import measure_grasps
 
 JOINT_LIMIT_TOLERANCE = 1e-3  # rad; DexGraspNet treats limits as a soft energy
 

@@ -1,7 +1,6 @@
 """Pose-sampling evaluation: objects dropped on a table, grasps sampled, chosen, lifted.
 
-For each object: `poses` resting poses (`lift.settle_object` in MJX, or
-`lift_mujoco.settle_mujoco` with the C backend), then
+For each object: `poses` resting poses (a backend's `settle`, `sim.backends`), then
 `candidates` grasps per pose from the diffusion model (object frame), moved
 into the world frame. A candidate whose hand would pass through the table
 (`lift.table_clearance` below the protocol's margin) is rejected. Among the
@@ -18,7 +17,7 @@ rest, one is chosen (`select`):
   of its physics steps is counted in `check_physics_steps`.
 - "first": the first clear candidate.
 
-The chosen grasp is executed by the lift protocol (MJX or MuJoCo C); a pose
+The chosen grasp is executed by the lift protocol (the backend's `lift`); a pose
 with no clear candidate counts as a failure.
 
 The functions that score and choose are pure and jittable; `evaluate_object`
@@ -35,10 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffrl_jax import parallel
-from diffrl_jax.errors import ConfigError
+from diffrl_jax import configs
+from diffrl_jax.configs import choice, integer, non_negative
 from diffrl_jax.evaluation.stats import rate
-from diffrl_jax.sim import bank, hold, lift
+from diffrl_jax.sim import backends, bank, hold, lift
 from diffrl_jax.sim.protocol import HoldProtocol
 
 SELECTIONS = ("contact", "check", "first")
@@ -46,35 +45,25 @@ SELECTIONS = ("contact", "check", "first")
 
 @dataclasses.dataclass(frozen=True)
 class PoseSamplingConfig:
-    poses: int = 100  # resting poses per object
+    poses: int = integer(100, min=1)  # resting poses per object
     # Sampled grasps per pose. Many are rejected: a grasp made in the object
     # frame often puts the hand through the table once the object lies in a
     # random pose (2-9% of samples were clear on the built-in objects), so 16
     # left 64-72% of poses without a clear candidate, 256 at most 18%.
-    candidates: int = 256
-    select: str = "check"  # see SELECTIONS and the module docstring
+    candidates: int = integer(256, min=1)
+    select: str = choice("check", SELECTIONS)  # see SELECTIONS and the module docstring
     # "check": clear candidates hold-tested per pose. On the quick preset's
     # model a chosen candidate holding in all six directions was lifted in 70%
     # of poses (73/104), one holding in fewer in 12% (5/42).
-    check_top: int = 16
+    check_top: int = integer(16, min=1)
     sampler: str = "ddim"
     steps: int | None = None  # denoising steps (None: the sampler's default)
     guidance: float = 1.0
-    penetration_weight: float = 1.0  # of the contact score: penetration m + weight-free tip gap m
+    penetration_weight: float = non_negative(1.0)  # of the contact score: penetration m + weight-free tip gap m
     seed: int = 0
 
     def validate(self) -> "PoseSamplingConfig":
-        if not (isinstance(self.poses, int) and self.poses >= 1):
-            raise ConfigError(f"poses must be a positive integer, got {self.poses!r}")
-        if not (isinstance(self.candidates, int) and self.candidates >= 1):
-            raise ConfigError(f"candidates must be a positive integer, got {self.candidates!r}")
-        if self.select not in SELECTIONS:
-            raise ConfigError(f"select must be one of {SELECTIONS}, got {self.select!r}")
-        if not (isinstance(self.check_top, int) and self.check_top >= 1):
-            raise ConfigError(f"check_top must be a positive integer, got {self.check_top!r}")
-        if not (np.isfinite(self.penetration_weight) and self.penetration_weight >= 0):
-            raise ConfigError(f"penetration_weight must be >= 0, got {self.penetration_weight}")
-        return self
+        return configs.check(self, "pose sampling")
 
 
 def contact_score(template: bank.SimTemplate, fields: bank.ObjectFields, grasps: jax.Array,
@@ -143,10 +132,8 @@ def choose_checked(held: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def hold_protocol_for(protocol: lift.LiftProtocol) -> HoldProtocol:
-    """The strict hold test with the physics of `protocol`: what "check" runs."""
-    same = ("friction", "finger_strength", "finger_kp", "object_density", "mass_scale", "timestep",
-            "impratio", "max_contacts", "squeeze_m", "squeeze_distance_m", "squeeze_closure_rad")
-    return HoldProtocol().replace(name="lift-check", **{k: getattr(protocol, k) for k in same})
+    """The strict hold test with the physics and squeeze of `protocol`: what "check" runs."""
+    return HoldProtocol(name="lift-check", physics=protocol.physics, squeeze=protocol.squeeze).validate()
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
@@ -161,28 +148,16 @@ def _prepare(template: lift.LiftTemplate, fields, poses, penetration_weight: flo
     return world, clear, score, clearance
 
 
-def _check(template: lift.LiftTemplate, prepared, grasps: np.ndarray, backend: str, nthread,
+def _check(template: lift.LiftTemplate, prepared, grasps: np.ndarray, backend: backends.Backend,
            size: int) -> np.ndarray:
     """Object-frame grasps [n, 31] -> directions held [n] under `hold_protocol_for`.
 
-    MJX runs them padded to `size` rows (poses x check_top), so every object
+    They run padded to `size` rows (poses x check_top), so on MJX every object
     goes through one compiled hold test.
     """
     hold_template = _hold_template(template.protocol, template.budget)
-    if backend == "mujoco":
-        from diffrl_jax.sim import mujoco_backend
-
-        result = mujoco_backend.hold_test_mujoco(hold_template, prepared, grasps, nthread=nthread)
-        return np.asarray(result.held).sum(axis=-1)
-    padded, n = parallel.pad_batch(np.asarray(grasps, np.float32), size)  # n <= size: exactly size rows
-    fields = bank.stack_fields([hold_template.fields(prepared)])
-    out = _hold_test_fn(hold_template)(fields, padded[None])
-    return np.asarray(jax.device_get(out.held))[0, :n].sum(axis=-1)
-
-
-@functools.lru_cache(maxsize=4)
-def _hold_test_fn(hold_template: bank.SimTemplate):
-    return hold.make_hold_test(hold_template)
+    result = backend.hold(hold_template, prepared, grasps, pad_to=size)
+    return np.asarray(result.held).sum(axis=-1)
 
 
 @functools.lru_cache(maxsize=4)
@@ -202,21 +177,15 @@ def clearance_matrix(template: lift.LiftTemplate, object_grasps: jax.Array, pose
 
 
 def settle_poses(template: lift.LiftTemplate, prepared: bank.PreparedObject, n: int, seed: int = 0,
-                 backend: str = "mjx", nthread: int | None = None) -> np.ndarray:
-    """The `n` resting poses [n, 7] that `evaluate_object` uses for `seed` (MJX or MuJoCo C)."""
+                 backend: str | backends.Backend = "mjx", nthread: int | None = None) -> np.ndarray:
+    """The `n` resting poses [n, 7] that `evaluate_object` uses for `seed` on `backend`."""
     key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
-    if backend == "mujoco":
-        from diffrl_jax.sim import lift_mujoco
-
-        return np.asarray(lift_mujoco.settle_mujoco(template, prepared, key, n, nthread=nthread))
-    if backend != "mjx":
-        raise ConfigError(f"unknown backend {backend!r}; choose mjx or mujoco")
-    stacked = bank.stack_fields([template.fields(prepared)])
-    return np.asarray(lift.make_settle(template, n)(stacked, key[None]))[0]
+    return backends.get(backend, nthread=nthread).settle(template, prepared, key, n)
 
 
 def evaluate_object(template: lift.LiftTemplate, prepared: bank.PreparedObject, sample_fn,
-                    config: PoseSamplingConfig, backend: str = "mjx", nthread: int | None = None) -> dict:
+                    config: PoseSamplingConfig, backend: str | backends.Backend = "mjx",
+                    nthread: int | None = None) -> dict:
     """One object through pose sampling; returns the summary and per-pose records.
 
     sample_fn(n, seed) -> object-frame grasps [n, 31] (the diffusion sampler
@@ -224,11 +193,11 @@ def evaluate_object(template: lift.LiftTemplate, prepared: bank.PreparedObject, 
     are counted for settling, choosing ("check" only) and lifting.
     """
     config.validate()
+    backend = backends.get(backend, nthread=nthread)
     timings = {}
     fields = template.fields(prepared)
-    stacked = bank.stack_fields([fields])
     t = time.perf_counter()
-    poses = settle_poses(template, prepared, config.poses, config.seed, backend, nthread)
+    poses = settle_poses(template, prepared, config.poses, config.seed, backend)
     timings["settle_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -247,7 +216,7 @@ def evaluate_object(template: lift.LiftTemplate, prepared: bank.PreparedObject, 
         rows = np.nonzero(valid)
         held = np.zeros(valid.shape, int)
         if len(rows[0]):
-            held[rows] = _check(template, prepared, grasps[rows[0], short[rows]], backend, nthread, valid.size)
+            held[rows] = _check(template, prepared, grasps[rows[0], short[rows]], backend, valid.size)
         column = choose_checked(held, valid)
         index = short[np.arange(config.poses), column]
         any_clear = valid.any(axis=-1)
@@ -263,15 +232,7 @@ def evaluate_object(template: lift.LiftTemplate, prepared: bank.PreparedObject, 
     timings["select_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    if backend == "mujoco":
-        from diffrl_jax.sim import lift_mujoco
-
-        result = lift_mujoco.lift_mujoco(template, prepared, poses, chosen, nthread=nthread)
-    elif backend == "mjx":
-        out = lift.make_lift_test(template)(stacked, poses[None].astype(np.float32), chosen[None])
-        result = jax.tree_util.tree_map(lambda x: np.asarray(x)[0], jax.device_get(out))
-    else:
-        raise ConfigError(f"unknown backend {backend!r}; choose mjx or mujoco")
+    result = backend.lift(template, prepared, poses, chosen)
     timings["lift_s"] = time.perf_counter() - t
 
     success = np.asarray(result.success) & np.asarray(any_clear)
@@ -287,7 +248,7 @@ def evaluate_object(template: lift.LiftTemplate, prepared: bank.PreparedObject, 
     summary = {
         **rate(int(success.sum()), config.poses),
         "no_clear_candidate": int((~np.asarray(any_clear)).sum()),
-        "candidates": config.candidates, "select": config.select, "backend": backend,
+        "candidates": config.candidates, "select": config.select, "backend": backend.name,
         "physics_steps": int(config.poses * (protocol.settle_steps + protocol.total_steps)) + check_steps,
         "check_physics_steps": check_steps,
         "timings_s": timings,

@@ -25,10 +25,8 @@ from diffrl_jax.data.dexgraspnet import GraspDataset
 from diffrl_jax.errors import ConfigError
 from diffrl_jax.objects import encoding
 from diffrl_jax.rl import refine_env
-from diffrl_jax.sim import bank, validate
+from diffrl_jax.sim import backends, bank, validate
 from diffrl_jax.sim.protocol import HoldProtocol
-
-BACKENDS = ("mjx", "mujoco")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -108,17 +106,13 @@ def refine_data(problem: Problem, rows: np.ndarray) -> refine_env.RefineData:
         fields=jax.tree_util.tree_map(jnp.asarray, problem.fields))
 
 
-def hold_fn(problem: Problem, backend: str, nthread: int | None = None) -> refine_env.HoldFn:
-    """The one-world hold test of `problem`'s objects on `backend`."""
+def hold_fn(problem: Problem, backend: str | backends.Backend, nthread: int | None = None) -> backends.HoldFn:
+    """The one-world hold test of `problem`'s objects on `backend` (a name or a `Backend`)."""
     fields = jax.tree_util.tree_map(jnp.asarray, problem.fields)
-    if backend == "mjx":
-        return refine_env.mjx_hold_fn(problem.template, fields)
-    if backend == "mujoco":
-        return refine_env.mujoco_hold_fn(problem.template, fields, problem.prepared, nthread)
-    raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    return backends.get(backend, nthread=nthread).world_hold_fn(problem.template, fields, problem.prepared)
 
 
-def make_env(problem: Problem, config: refine_env.RefineConfig, backend: str,
+def make_env(problem: Problem, config: refine_env.RefineConfig, backend: str | backends.Backend,
              rows: np.ndarray | None = None, nthread: int | None = None) -> refine_env.RefineEnv:
     """The refinement environment over dataset `rows` (default: the training rows)."""
     rows = np.flatnonzero(~problem.heldout) if rows is None else rows

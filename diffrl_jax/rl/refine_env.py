@@ -9,15 +9,14 @@ step per episode by default (a contextual bandit); `RefineConfig.steps > 1`
 corrects iteratively, each observation carrying the last hold result.
 
 The hold test is a function `(object_id [], grasp [31]) -> HoldResult` of one
-world: `mjx_hold_fn` (pure MJX, for accelerators) or `mujoco_hold_fn` (MuJoCo's
-C engine through `jax.pure_callback`, the fast path on a CPU). Both start from
-the same JAX squeeze targets, so they judge the same way (see `sim.hold`).
+world, a backend's `world_hold_fn` (`sim.backends`: pure MJX for accelerators,
+or MuJoCo's C engine through `jax.pure_callback`, the fast path on a CPU).
+Both start from the same JAX squeeze targets, so they judge the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,13 +24,16 @@ import numpy as np
 from brax.envs.base import Env, State
 from flax import struct
 
+from diffrl_jax import configs
+from diffrl_jax.configs import boolean, finite, integer, non_negative
 from diffrl_jax.data import grasps as grasp_lib
 from diffrl_jax.data import rotations
-from diffrl_jax.errors import ConfigError, check_fields
 from diffrl_jax.hand import constants
+from diffrl_jax.hand.poses import CLOSED_POSE, OPEN_POSE
 from diffrl_jax.scene import import_mjx
 from diffrl_jax.sim import hold
-from diffrl_jax.sim.bank import ObjectFields, PreparedObject, SimTemplate
+from diffrl_jax.sim.backends import HoldFn
+from diffrl_jax.sim.bank import ObjectFields, SimTemplate, object_fields
 from diffrl_jax.sim.protocol import NUM_DIRECTIONS
 
 # Action layout: wrist translation (object frame), wrist rotation (palm frame,
@@ -55,8 +57,6 @@ def translation_scale(template: SimTemplate) -> float:
 
 def _closure_direction() -> np.ndarray:
     """[22] joint direction that closes every finger (thumb included), max |.| = 1."""
-    from diffrl_jax.sim.propose import CLOSED_POSE, OPEN_POSE
-
     direction = CLOSED_POSE - OPEN_POSE
     return (direction / np.abs(direction).max()).astype(np.float32)
 
@@ -68,44 +68,30 @@ CLOSURE = _closure_direction()
 class RefineConfig:
     """Correction bounds, episode length and reward scales of the refinement task."""
 
-    translation_m: float = 0.02  # wrist translation per step, each axis
-    rotation_rad: float = 0.2  # wrist rotation per step, each axis of the rotation vector
-    joints_rad: float = 0.3  # each finger joint per step
-    closure_rad: float = 0.3  # coordinated closure of all fingers per step
-    steps: int = 1  # corrections per episode (1: contextual bandit)
+    translation_m: float = non_negative(0.02)  # wrist translation per step, each axis
+    rotation_rad: float = non_negative(0.2)  # wrist rotation per step, each axis of the rotation vector
+    joints_rad: float = non_negative(0.3)  # each finger joint per step
+    closure_rad: float = non_negative(0.3)  # coordinated closure of all fingers per step
+    steps: int = integer(1, min=1)  # corrections per episode (1: contextual bandit)
     # With steps > 1: each correction after the first starts from the grasp
     # where the last hold test's settle left hand and object (`HoldResult.
     # settled`: the squeeze's equilibrium in this simulator) rather than from
     # the last corrected grasp. With no correction at all, the settled grasps
     # of two such steps fixed 107 of the 519 shared raw failures
     # (benchmarks/RESULTS.md, "The settled grasp").
-    from_settled: bool = True
-    success_reward: float = 1.0  # every direction held
-    held_reward: float = 1.0  # times the fraction of directions held
-    displacement_reward: float = 0.5  # times mean exp(-translation / bound)
-    penetration_cost: float = 0.1  # per mm of initial penetration beyond the tolerance
-    penetration_tolerance_mm: float = 2.0
-    action_cost: float = 0.05  # times the mean squared action
+    from_settled: bool = boolean(True)
+    success_reward: float = finite(1.0)  # every direction held
+    held_reward: float = finite(1.0)  # times the fraction of directions held
+    displacement_reward: float = finite(0.5)  # times mean exp(-translation / bound)
+    penetration_cost: float = finite(0.1)  # per mm of initial penetration beyond the tolerance
+    penetration_tolerance_mm: float = non_negative(2.0)
+    action_cost: float = finite(0.05)  # times the mean squared action
 
-    def validate(self) -> "RefineConfig":
-        for name in ("translation_m", "rotation_rad", "joints_rad", "closure_rad",
-                     "penetration_tolerance_mm"):
-            value = getattr(self, name)
-            if not (np.isfinite(value) and value >= 0):
-                raise ConfigError(f"refine config: {name} must be finite and >= 0, got {value}")
-        for name in ("success_reward", "held_reward", "displacement_reward",
-                     "penetration_cost", "action_cost"):
-            if not np.isfinite(getattr(self, name)):
-                raise ConfigError(f"refine config: {name} must be finite, got {getattr(self, name)}")
-        if not isinstance(self.from_settled, bool):
-            raise ConfigError(f"refine config: from_settled must be true or false, got {self.from_settled!r}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ConfigError(f"refine config: steps must be a positive integer, got {self.steps!r}")
-        return self
+    def validate(self) -> RefineConfig:
+        return configs.check(self, "refine config")
 
-    def replace(self, **overrides) -> "RefineConfig":
-        check_fields(self, overrides, "refine config")
-        return dataclasses.replace(self, **overrides).validate()
+    def replace(self, **overrides) -> RefineConfig:
+        return configs.replace(self, overrides, "refine config").validate()
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -161,78 +147,6 @@ class RefineData(struct.PyTreeNode):
     object_id: jax.Array
     encodings: jax.Array
     fields: ObjectFields
-
-
-def object_fields(fields: ObjectFields, object_id: jax.Array) -> ObjectFields:
-    """The fields of one object of a stack [M, ...]."""
-    return jax.tree_util.tree_map(lambda x: x[object_id], fields)
-
-
-HoldFn = Callable[[jax.Array, jax.Array], hold.HoldResult]
-
-
-def mjx_hold_fn(template: SimTemplate, fields: ObjectFields) -> HoldFn:
-    """The MJX hold test of one world: (object_id [], grasp [31]) -> HoldResult [] / [D]."""
-
-    def fn(object_id, grasp):
-        result = hold.hold_object(template, object_fields(fields, object_id), grasp[None])
-        return jax.tree_util.tree_map(lambda x: x[0], result)
-
-    return fn
-
-
-def mujoco_hold_fn(template: SimTemplate, fields: ObjectFields,
-                   prepared: Sequence[PreparedObject], nthread: int | None = None) -> HoldFn:
-    """The MuJoCo-C hold test of one world, callable inside jit and vmap.
-
-    The squeeze targets are computed in JAX (as for MJX); the physics runs on
-    the host through `jax.pure_callback`, which receives the whole vmapped
-    batch at once and runs it object by object on `nthread` threads.
-    `prepared[m]` must be the object whose fields are `fields[m]`.
-    """
-    from diffrl_jax.sim import mujoco_backend
-
-    prepared = tuple(prepared)
-    if len(prepared) != fields.body_mass.shape[0]:
-        raise ValueError(f"{len(prepared)} prepared objects for {fields.body_mass.shape[0]} fields")
-    nq, nu = template.scene.model.nq, template.scene.model.nu
-    d = NUM_DIRECTIONS
-
-    def host(object_id, qpos, ctrl):
-        object_id = np.asarray(object_id)
-        batch = object_id.shape
-        object_id = object_id.reshape(-1)
-        qpos = np.asarray(qpos, np.float64).reshape(-1, nq)
-        ctrl = np.asarray(ctrl, np.float64).reshape(-1, nu)
-        n = len(object_id)
-        out = {"success": np.zeros(n, bool), "held": np.zeros((n, d), bool),
-               "translation": np.zeros((n, d), np.float32), "rotation": np.zeros((n, d), np.float32),
-               "contact": np.zeros((n, d), bool), "finite": np.zeros((n, d), bool),
-               "penetration_mm": np.zeros(n, np.float32),
-               "settled": np.zeros((n, grasp_lib.GRASP_DIM), np.float32)}
-        for m in np.unique(object_id):
-            rows = np.flatnonzero(object_id == m)
-            result = mujoco_backend.hold_test_mujoco(
-                template, prepared[int(m)], np.zeros((len(rows), grasp_lib.GRASP_DIM)),
-                qpos=qpos[rows], ctrl=ctrl[rows], nthread=nthread)
-            for key in out:
-                out[key][rows] = np.asarray(getattr(result, key))
-        return tuple(out[k].reshape(batch + out[k].shape[1:]) for k in (
-            "success", "held", "translation", "rotation", "contact", "finite", "penetration_mm",
-            "settled"))
-
-    def fn(object_id, grasp):
-        qpos, ctrl = hold.initial_state(template, object_fields(fields, object_id), grasp[None])
-        f32, b = jnp.float32, jnp.bool_
-        shapes = (jax.ShapeDtypeStruct((), b), jax.ShapeDtypeStruct((d,), b),
-                  jax.ShapeDtypeStruct((d,), f32), jax.ShapeDtypeStruct((d,), f32),
-                  jax.ShapeDtypeStruct((d,), b), jax.ShapeDtypeStruct((d,), b),
-                  jax.ShapeDtypeStruct((), f32), jax.ShapeDtypeStruct((grasp_lib.GRASP_DIM,), f32))
-        out = jax.pure_callback(host, shapes, object_id, qpos[0], ctrl[0],
-                                vmap_method="broadcast_all")
-        return hold.HoldResult(*out)
-
-    return fn
 
 
 def reward_terms(result: hold.HoldResult, action: jax.Array, template: SimTemplate,

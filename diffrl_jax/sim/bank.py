@@ -18,12 +18,11 @@ have their closest pieces merged (hull of the union): a loss of concavity that
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import functools
-import io
 from collections.abc import Sequence
+from typing import Generic, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -32,10 +31,13 @@ import numpy as np
 from flax import struct
 from scipy import spatial
 
+from diffrl_jax import configs
+from diffrl_jax.configs import integer
 from diffrl_jax.errors import ConfigError
 from diffrl_jax.hand import constants, shadow
 from diffrl_jax.objects import assets
 from diffrl_jax.scene import Scene, SceneConfig, blank_data, build_scene, put_model
+from diffrl_jax.sim import mjx_compat
 from diffrl_jax.sim.protocol import HoldProtocol
 
 PAD_PIECE = np.array([[0.0, 0.0, -10.0], [0.01, 0.0, -10.0], [0.0, 0.01, -10.0], [0.0, 0.0, -9.99]])
@@ -45,23 +47,18 @@ PAD_PIECE = np.array([[0.0, 0.0, -10.0], [0.01, 0.0, -10.0], [0.0, 0.01, -10.0],
 class ObjectBudget:
     """Fixed sizes of object geometry; one compiled program per budget."""
 
-    pieces: int = 32
-    vertices: int = 32  # per piece; hulls with more are capped (farthest points)
-    faces: int = 60  # a hull of V vertices has at most 2V - 4 faces
-    face_vertices: int = 20  # MJX merges coplanar triangles into polygons of up to 20
-    edges: int = 90  # at most 3V - 6
+    pieces: int = integer(32, min=1)
+    vertices: int = integer(32, min=4)  # per piece; hulls with more are capped (farthest points)
+    faces: int = integer(60, min=1)  # a hull of V vertices has at most 2V - 4 faces
+    face_vertices: int = integer(20, min=3, max=20)  # MJX merges coplanar triangles into polygons of up to 20
+    edges: int = integer(90, min=1)  # at most 3V - 6
 
     def validate(self) -> "ObjectBudget":
-        if self.pieces < 1:
-            raise ConfigError(f"object budget: pieces must be at least 1, got {self.pieces}")
-        if self.vertices < 4:
-            raise ConfigError(f"object budget: vertices must be at least 4, got {self.vertices}")
+        configs.check(self, "object budget")
         if self.faces < 2 * self.vertices - 4 or self.edges < 3 * self.vertices - 6:
             raise ConfigError(
                 f"object budget: {self.vertices} hull vertices need faces >= {2 * self.vertices - 4} "
                 f"and edges >= {3 * self.vertices - 6}, got {self.faces} and {self.edges}")
-        if not 3 <= self.face_vertices <= 20:
-            raise ConfigError(f"object budget: face_vertices must be in [3, 20], got {self.face_vertices}")
         return self
 
 
@@ -144,11 +141,9 @@ def _pad(array: np.ndarray, size: int, axis: int, what: str) -> np.ndarray:
 
 def _convex_arrays(model: mujoco.MjModel, budget: ObjectBudget) -> dict:
     """MJX convex data of every mesh of `model`, moved to the body frame and padded."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        from mujoco.mjx._src import mesh as mjx_mesh
     out = {k: [] for k in ("vert", "face", "face_normal", "edge", "edge_face_normal", "geom_rbound")}
     for g in range(model.ngeom):
-        c = jax.tree_util.tree_map(np.asarray, mjx_mesh.convex(model, int(model.geom_dataid[g])))
+        c = jax.tree_util.tree_map(np.asarray, mjx_compat.mesh_convex(model, model.geom_dataid[g]))
         rot = np.zeros(9)
         mujoco.mju_quat2Mat(rot, model.geom_quat[g])
         rot, pos = rot.reshape(3, 3), model.geom_pos[g]
@@ -190,8 +185,14 @@ def prepare_object(obj: assets.ObjectAsset, budget: ObjectBudget = ObjectBudget(
     return PreparedObject(obj.name, tuple(pieces), float(real.body_mass[1]), len(raw) - len(pieces), convex)
 
 
+# The protocol a template was built for: `HoldProtocol` here, `lift.LiftProtocol`
+# for `lift.LiftTemplate`. Code shared by both reads only what they share
+# (`physics`, `squeeze`).
+ProtocolT = TypeVar("ProtocolT")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class SimTemplate:
+class SimTemplate(Generic[ProtocolT]):
     """The template scene of a protocol and budget, and its MJX model.
 
     Object geoms are mesh slots 0..P-1 (MJX data ids equal slot numbers).
@@ -200,7 +201,7 @@ class SimTemplate:
     scene: Scene
     mjx_model: object  # mjx.Model
     budget: ObjectBudget
-    protocol: HoldProtocol
+    protocol: ProtocolT
     palm_body: int
 
     @functools.cached_property
@@ -232,11 +233,11 @@ class SimTemplate:
 
 def scene_config(protocol: HoldProtocol) -> SceneConfig:
     """The scene physics of a protocol: no gravity (the pull is a force)."""
-    hand = shadow.HandConfig(
-        finger_kp=protocol.finger_kp, strength=protocol.finger_strength,
-        friction=(protocol.friction, 0.005, 0.0001))
-    return SceneConfig(hand=hand, timestep=protocol.timestep, gravity=(0.0, 0.0, 0.0),
-                       impratio=protocol.impratio, max_contact_points=protocol.max_contacts)
+    physics = protocol.physics
+    hand = shadow.HandConfig(finger_kp=physics.finger_kp, strength=physics.finger_strength,
+                             friction=(physics.friction, 0.005, 0.0001))
+    return SceneConfig(hand=hand, timestep=physics.timestep, gravity=(0.0, 0.0, 0.0),
+                       impratio=physics.impratio, max_contact_points=physics.max_contacts)
 
 
 def template_scene(budget: ObjectBudget, friction: float, build) -> Scene:
@@ -257,14 +258,19 @@ def template_scene(budget: ObjectBudget, friction: float, build) -> Scene:
     return scene
 
 
-def make_template(protocol: HoldProtocol, budget: ObjectBudget = ObjectBudget()) -> SimTemplate:
+def make_template(protocol: HoldProtocol, budget: ObjectBudget = ObjectBudget()) -> SimTemplate[HoldProtocol]:
     """Builds the template scene (`budget.pieces` mesh slots) for `protocol`."""
     protocol.validate()
     budget.validate()
-    scene = template_scene(budget, protocol.friction, lambda pad: build_scene(pad, scene_config(protocol)))
+    scene = template_scene(budget, protocol.physics.friction, lambda pad: build_scene(pad, scene_config(protocol)))
     model = scene.model
     mjx_model = put_model(model)
     return SimTemplate(scene, mjx_model, budget, protocol, model.body(constants.ROOT_BODY).id)
+
+
+def object_fields(fields: ObjectFields, object_id) -> ObjectFields:
+    """The fields of one object of a stack [M, ...] (jittable: object_id may be traced)."""
+    return jax.tree_util.tree_map(lambda x: x[object_id], fields)
 
 
 def stack_fields(fields: Sequence[ObjectFields]) -> ObjectFields:
@@ -274,24 +280,22 @@ def stack_fields(fields: Sequence[ObjectFields]) -> ObjectFields:
 
 def world_model(template: SimTemplate, fields: ObjectFields):
     """The MJX model of `template` with one object's `fields` swapped in (jittable)."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        from mujoco.mjx._src.types import ConvexMesh
     m = template.mjx_model
-    convex = tuple(
-        ConvexMesh(vert=fields.vert[p], face=fields.face[p], face_normal=fields.face_normal[p],
-                   edge=fields.edge[p], edge_face_normal=fields.edge_face_normal[p])
-        for p in range(template.budget.pieces))
     geoms = jnp.asarray(template.scene.object_geoms)
     rbound = jnp.asarray(m.geom_rbound).at[geoms].set(fields.geom_rbound)
-    m = m.tree_replace({
-        "_impl.mesh_convex": convex,
-        "geom_rbound": rbound,
-        "body_mass": fields.body_mass,
-        "body_inertia": fields.body_inertia,
-        "body_ipos": fields.body_ipos,
-        "body_iquat": fields.body_iquat,
-        "body_invweight0": fields.body_invweight0,
-        "body_subtreemass": fields.body_subtreemass,
-        "dof_invweight0": fields.dof_invweight0,
-    })
-    return m
+    return mjx_compat.with_convex_meshes(
+        m, convex_pieces(fields, template.budget.pieces),
+        geom_rbound=rbound,
+        body_mass=fields.body_mass,
+        body_inertia=fields.body_inertia,
+        body_ipos=fields.body_ipos,
+        body_iquat=fields.body_iquat,
+        body_invweight0=fields.body_invweight0,
+        body_subtreemass=fields.body_subtreemass,
+        dof_invweight0=fields.dof_invweight0)
+
+
+def convex_pieces(fields: ObjectFields, pieces: int) -> list[dict]:
+    """The convex data of each of an object's `pieces` mesh slots (for `mjx_compat`)."""
+    names = ("vert", "face", "face_normal", "edge", "edge_face_normal")
+    return [{name: getattr(fields, name)[p] for name in names} for p in range(pieces)]

@@ -27,6 +27,7 @@ from diffrl_jax.data import grasps as grasp_lib
 from diffrl_jax.data import rotations
 from diffrl_jax.hand import constants
 from diffrl_jax.scene import import_mjx
+from diffrl_jax.sim import judge, mjx_compat
 from diffrl_jax.sim.bank import ObjectFields, SimTemplate, world_model
 from diffrl_jax.sim.protocol import DIRECTIONS
 
@@ -114,34 +115,32 @@ def capsule_points(template: SimTemplate, d):
 def finger_targets(template: SimTemplate, m, fields: ObjectFields, qpos: jax.Array) -> jax.Array:
     """Finger servo targets [22] for one grasp: its joints plus the squeeze.
 
-    Hand points within `squeeze_distance_m` of the object surface are asked to
-    move `squeeze_m` along the inward normal; the joint change is the damped
+    Hand points within `squeeze.reach_m` of the object surface are asked to
+    move `squeeze.depth_m` along the inward normal; the joint change is the damped
     least-squares solution over the finger Jacobians (DexGraspNet's validator
     moves its contact points 1 mm the same way).
     """
     mjx = import_mjx()
-    from mujoco.mjx._src import support
-
-    protocol = template.protocol
+    squeeze = template.protocol.squeeze
     scene = template.scene
     d = template.blank_data.replace(qpos=qpos)
     d = mjx.kinematics(m, d)
     d = mjx.com_pos(m, d)
     joints = qpos[scene.hand_qpos[6:]]
-    if protocol.squeeze_m > 0:
+    if squeeze.depth_m > 0:
         points, bodies, radii = capsule_points(template, d)
         dist, normal = surface_distance(fields, points)
-        active = (dist - radii) < protocol.squeeze_distance_m
+        active = (dist - radii) < squeeze.reach_m
         finger_dofs = scene.model.jnt_dofadr[
             [scene.model.joint(n).id for n in constants.JOINT_NAMES]]
-        jacp = jax.vmap(lambda p, b: support.jac(m, d, p, b)[0])(points, jnp.asarray(bodies))
+        jacp = jax.vmap(lambda p, b: mjx_compat.point_jacobian(m, d, p, b))(points, jnp.asarray(bodies))
         jac = jacp[:, finger_dofs, :]  # [K, 22, 3]
-        target = -protocol.squeeze_m * normal * active[:, None]  # [K, 3]
+        target = -squeeze.depth_m * normal * active[:, None]  # [K, 3]
         weight = active.astype(qpos.dtype)
         lhs = jnp.einsum("kjc,k,kic->ji", jac, weight, jac) + _DLS_DAMPING * jnp.eye(jac.shape[1])
         rhs = jnp.einsum("kjc,k,kc->j", jac, weight, target)
         joints = joints + jnp.linalg.solve(lhs, rhs)
-    joints = joints + protocol.squeeze_closure_rad * jnp.asarray(_CLOSURE_MASK, qpos.dtype)
+    joints = joints + squeeze.closure_rad * jnp.asarray(_CLOSURE_MASK, qpos.dtype)
     low, high = constants.JOINT_RANGES[:, 0], constants.JOINT_RANGES[:, 1]
     return jnp.clip(joints, low, high)
 
@@ -174,22 +173,10 @@ def rollout(m, d, steps: int):
     return d, ok
 
 
-def _relative_pose(template: SimTemplate, d):
+def relative_pose(template: SimTemplate, d):
     """Object COM in the palm frame [3] and object rotation in the palm frame [3, 3]."""
     palm, obj = template.palm_body, template.scene.object_body
-    r_palm = d.xmat[palm]
-    pos = r_palm.T @ (d.xipos[obj] - d.xpos[palm])
-    return pos, r_palm.T @ d.xmat[obj]
-
-
-def _hand_object_penetration(d) -> jax.Array:
-    # Every contact pair of the hold scene is hand-object (no table).
-    dist = d._impl.contact.dist
-    return jnp.maximum(-jnp.min(dist), 0.0) * 1000.0
-
-
-def _touching(d) -> jax.Array:
-    return jnp.any(d._impl.contact.dist < 0)
+    return judge.object_in_palm(d.xpos[palm], d.xmat[palm], d.xipos[obj], d.xmat[obj])
 
 
 def hold_object(template: SimTemplate, fields: ObjectFields, grasps: jax.Array) -> HoldResult:
@@ -205,8 +192,8 @@ def hold_object(template: SimTemplate, fields: ObjectFields, grasps: jax.Array) 
         return mjx.forward(m, d)
 
     d0 = jax.vmap(place)(qpos, ctrl)
-    penetration = jax.vmap(_hand_object_penetration)(d0)
-    pos0, rot0 = jax.vmap(lambda d: _relative_pose(template, d))(d0)
+    penetration = jax.vmap(lambda d: judge.penetration_mm(mjx_compat.contact_dist(d)))(d0)
+    pos0, rot0 = jax.vmap(lambda d: relative_pose(template, d))(d0)
 
     settled, ok = d0, jnp.ones(grasps.shape[0], bool)
     if protocol.settle_steps > 0:
@@ -223,18 +210,15 @@ def hold_object(template: SimTemplate, fields: ObjectFields, grasps: jax.Array) 
         return d, finite
 
     d_end, finite = jax.vmap(lambda d: jax.vmap(lambda f: pull(d, f))(force))(settled)
-    pos, rot = jax.vmap(jax.vmap(lambda d: _relative_pose(template, d)))(d_end)
+    pos, rot = jax.vmap(jax.vmap(lambda d: relative_pose(template, d)))(d_end)
     translation = jnp.linalg.norm(pos - pos0[:, None], axis=-1)
     rotation = rotations.rotation_angle(rot, jnp.broadcast_to(rot0[:, None], rot.shape))
-    contact = jax.vmap(jax.vmap(_touching))(d_end)
+    # Every contact pair of the hold scene is hand-object (no table).
+    contact = jax.vmap(jax.vmap(lambda d: jnp.any(mjx_compat.contact_dist(d) < 0)))(d_end)
     finite = finite & ok[:, None]
     translation = jnp.where(finite, translation, jnp.inf)
     rotation = jnp.where(finite, rotation, jnp.inf)
-    placed = penetration <= protocol.penetration_bound_m * 1000.0  # NaN: not placed
-    held = (finite & (translation < protocol.translation_bound_m) & (rotation < protocol.rotation_bound_rad)
-            & placed[:, None])
-    if protocol.require_contact:
-        held = held & contact
+    held = judge.held(protocol, finite, translation, rotation, penetration, contact)
     settled_grasps = jnp.where(ok[:, None], grasps_from_qpos(template, settled.qpos), jnp.nan)
     return HoldResult(
         success=jnp.all(held, axis=-1), held=held, translation=translation, rotation=rotation,

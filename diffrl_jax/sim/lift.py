@@ -34,11 +34,9 @@ every lift counts its physics steps in `LiftProtocol.total_steps`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import io
-import math
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -46,21 +44,33 @@ import mujoco
 import numpy as np
 from flax import struct
 
-from diffrl_jax import bounds
+from diffrl_jax import bounds, configs
 from diffrl_jax.data import grasps as grasp_lib
 from diffrl_jax.data import rotations
-from diffrl_jax.errors import ConfigError, check_fields
+from diffrl_jax.configs import between, choice, finite, non_negative, positive
+from diffrl_jax.errors import ConfigError
 from diffrl_jax.hand import constants, shadow
 from diffrl_jax.objects import assets
 from diffrl_jax.scene import Scene, SceneConfig, blank_data, build_scene, import_mjx, put_model
-from diffrl_jax.sim import bank, hold
+from diffrl_jax.sim import bank, hold, judge, mjx_compat
 from diffrl_jax.sim.bank import ObjectBudget, ObjectFields, SimTemplate, world_model
-from diffrl_jax.sim.propose import OPEN_POSE  # fingers straight, thumb abducted
+from diffrl_jax.hand.poses import OPEN_POSE  # fingers straight, thumb abducted
+from diffrl_jax.sim.protocol import PhysicsConfig, SqueezeConfig, check_timestep
 
 TABLE_TOP = 0.0  # m, world z of the table's top face
 ORIENTATIONS = ("uniform", "upright")
 _PALM_BACK = 1  # column of the palm rotation: its +y points out of the back of the hand
 _OBJECT_SIZE_LIMIT = 1.0  # m: a piece with a larger bound is budget padding (10 m away)
+
+
+# The lift's physics: the hold test's, friction applying to the table too, but
+# impratio 10. MuJoCo's soft contacts let a held object creep out of the hand:
+# at impratio 1, none of six box grasps that pass the strict hold test kept
+# their object through the 1 s hold; at 10 all did (MuJoCo advises
+# impratio > 1 against slip).
+LIFT_PHYSICS = PhysicsConfig(impratio=10.0)
+# A closure of 0.1 rad lifted 74 of 314 upright-can proposals, 0 rad only 38.
+LIFT_SQUEEZE = SqueezeConfig(closure_rad=0.1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,47 +83,32 @@ class LiftProtocol:
     """
 
     name: str = "lift"
-    # Physics of the scenario (as in the hold test, but with gravity).
-    friction: float = 1.0  # sliding friction of hand, object and table (MuJoCo takes the max)
-    finger_strength: float = 1.0  # multiplies the ShadowHand's finger torque limits
-    finger_kp: float = 3.0  # N m / rad, finger position servo stiffness
-    object_density: float = 500.0  # kg / m^3, for objects given by density (see prepare_object)
-    mass_scale: float = 1.0  # multiplies every object's mass (and inertia)
-    timestep: float = 0.004  # s
-    max_contacts: int = 64  # nearest contacts MJX keeps (bounds the constraint rows)
-    # Frictional-to-normal impedance ratio. MuJoCo's soft contacts let a held
-    # object creep out of the hand: at 1, none of six can and box grasps that
-    # pass the strict hold test kept their object through the 1 s hold; at 10
-    # all did (MuJoCo advises impratio > 1 against slip).
-    impratio: float = 10.0
+    physics: PhysicsConfig = LIFT_PHYSICS  # as in the hold test, but with gravity and a table
+    squeeze: SqueezeConfig = LIFT_SQUEEZE  # of the finger targets at the grasp, as in the hold test
     table_size: tuple[float, float, float] = (0.4, 0.4, 0.02)  # half sizes (m), top at z = 0
     # Where and how objects are put down.
-    region_half_extent_m: float = 0.05  # drop xy uniform in [-h, h]^2
-    orientation: str = "uniform"  # "uniform" over SO(3), or "upright" (object +z up, random yaw)
-    drop_height_m: float = 0.01  # gap between the object's lowest point and the table at release
+    region_half_extent_m: float = positive(0.05, finite=True)  # drop xy uniform in [-h, h]^2
+    orientation: str = choice("uniform", ORIENTATIONS)  # "uniform" over SO(3), or "upright" (+z up, random yaw)
+    drop_height_m: float = non_negative(0.01)  # gap between the object's lowest point and the table at release
     # After 1.5 s, 39 of 40 built-in drops moved < 0.5 mm in the next 0.5 s
     # (one mug still rocked: 5 mm); the lift starts them at rest anyway.
-    settle_s: float = 1.5
+    settle_s: float = non_negative(1.5)
     # Execution.
-    back_off_m: float = 0.08  # pre-grasp: palm moved back along its outward normal
-    open_fraction: float = 1.0  # pre-grasp fingers: grasp joints moved this far to OPEN_POSE
-    approach_s: float = 0.5
-    close_s: float = 0.5
-    grip_s: float = 0.2
-    lift_height_m: float = 0.20
-    lift_s: float = 1.0
-    hold_s: float = 1.0
-    # Squeeze of the finger targets at the grasp, as in the hold test.
-    squeeze_m: float = 0.005
-    squeeze_distance_m: float = 0.01
-    squeeze_closure_rad: float = 0.1  # lifted 74 of 314 upright-can proposals, 0 rad only 38
+    back_off_m: float = non_negative(0.08)  # pre-grasp: palm moved back along its outward normal
+    open_fraction: float = between(1.0, 0.0, 1.0)  # pre-grasp fingers: grasp joints moved this far to OPEN_POSE
+    approach_s: float = positive(0.5, finite=True)
+    close_s: float = positive(0.5, finite=True)
+    grip_s: float = non_negative(0.2)
+    lift_height_m: float = positive(0.20, finite=True)
+    lift_s: float = positive(1.0, finite=True)
+    hold_s: float = non_negative(1.0)
     # Judgement.
-    success_height_m: float = 0.15  # the object's centre of mass rose at least this much
-    slip_bound_m: float = 0.03  # ... and moved less than this relative to the palm
-    table_margin_m: float = 0.0  # reject a hand closer than this to (or inside) the table
+    success_height_m: float = positive(0.15, finite=True)  # the object's centre of mass rose at least this much
+    slip_bound_m: float = positive(0.03, finite=True)  # ... and moved less than this relative to the palm
+    table_margin_m: float = finite(0.0)  # reject a hand closer than this to (or inside) the table
 
     def steps(self, seconds: float) -> int:
-        return int(round(seconds / self.timestep))
+        return self.physics.steps(seconds)
 
     @property
     def settle_steps(self) -> int:
@@ -135,52 +130,33 @@ class LiftProtocol:
         """Physics steps of one lift (settling not included)."""
         return sum(self.phase_steps)
 
-    def validate(self) -> "LiftProtocol":
-        positive = ("friction", "finger_strength", "finger_kp", "object_density", "mass_scale",
-                    "timestep", "impratio", "region_half_extent_m", "approach_s", "close_s",
-                    "lift_height_m", "lift_s", "success_height_m", "slip_bound_m")
-        for name in positive:
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"lift protocol field {name} must be positive, got {value!r}")
-        non_negative = ("drop_height_m", "settle_s", "back_off_m", "open_fraction", "grip_s",
-                        "hold_s", "squeeze_m", "squeeze_distance_m", "squeeze_closure_rad")
-        for name in non_negative:
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ConfigError(
-                    f"lift protocol field {name} must be a finite number >= 0, got {value!r}")
-        margin = self.table_margin_m
-        if not (isinstance(margin, (int, float)) and math.isfinite(margin)):
-            raise ConfigError(f"lift protocol field table_margin_m must be finite, got {margin!r}")
-        if not (isinstance(self.max_contacts, int) and self.max_contacts >= 1):
-            raise ConfigError(f"lift protocol field max_contacts must be a positive integer, "
-                              f"got {self.max_contacts!r}")
+    def validate(self) -> LiftProtocol:
+        configs.check(self, "lift protocol")  # every field's declared range, physics and squeeze included
         size = self.table_size
         if not (len(size) == 3 and all(isinstance(s, (int, float)) and s > 0 for s in size)):
             raise ConfigError(f"table_size must be three positive half sizes, got {size!r}")
         if self.region_half_extent_m >= min(size[:2]):
             raise ConfigError(f"drop region half extent {self.region_half_extent_m} m does not fit "
                               f"on the table (half sizes {size[:2]})")
-        if self.orientation not in ORIENTATIONS:
-            raise ConfigError(f"orientation must be one of {ORIENTATIONS}, got {self.orientation!r}")
-        if self.open_fraction > 1:
-            raise ConfigError(f"open_fraction must be in [0, 1], got {self.open_fraction}")
-        if self.timestep > 0.02:
-            raise ConfigError(f"timestep {self.timestep} s is too coarse for contact (at most 0.02 s)")
+        check_timestep(self.physics)
         for name in ("approach_s", "close_s", "lift_s"):
             if self.steps(getattr(self, name)) < 1:
                 raise ConfigError(
-                    f"{name} {getattr(self, name)} is shorter than one timestep {self.timestep}")
+                    f"{name} {getattr(self, name)} is shorter than one timestep {self.physics.timestep}")
         if self.success_height_m > self.lift_height_m:
             raise ConfigError(f"success height {self.success_height_m} m exceeds the lift height "
                               f"{self.lift_height_m} m: no grasp could succeed")
         bounds.check_protocol(self, "lift protocol")  # friction, finger strength, masses: physical ranges
         return self
 
-    def replace(self, **overrides) -> "LiftProtocol":
-        check_fields(self, overrides, "lift protocol")
-        return dataclasses.replace(self, **overrides).validate()
+    def replace(self, **overrides) -> LiftProtocol:
+        """A checked copy; fields by dotted path (`physics.friction`) or unique leaf name (`friction`)."""
+        return configs.replace(self, overrides, "lift protocol").validate()
+
+    @classmethod
+    def from_json(cls, record: Mapping) -> LiftProtocol:
+        """The protocol of a `configs.to_json` record, nested or in the flat form written before."""
+        return configs.from_dict(cls, record, "lift protocol").validate()
 
 
 DEFAULT = LiftProtocol()
@@ -200,7 +176,7 @@ class LiftResult(struct.PyTreeNode):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class LiftTemplate(SimTemplate):
+class LiftTemplate(SimTemplate[LiftProtocol]):
     """`bank.SimTemplate` of the lift scene (hand, object slots, table; gravity on).
 
     `settle_model` is the object and the table alone, for `settle_object`;
@@ -219,12 +195,12 @@ class LiftTemplate(SimTemplate):
 
 def scene_config(protocol: LiftProtocol) -> SceneConfig:
     """The lift scene's physics: the protocol's hand, gravity on, the table's top at z = 0."""
-    hand = shadow.HandConfig(
-        finger_kp=protocol.finger_kp, strength=protocol.finger_strength,
-        friction=(protocol.friction, 0.005, 0.0001))
+    physics = protocol.physics
+    hand = shadow.HandConfig(finger_kp=physics.finger_kp, strength=physics.finger_strength,
+                             friction=(physics.friction, 0.005, 0.0001))
     return SceneConfig(hand=hand, table=True, table_top=TABLE_TOP, table_size=protocol.table_size,
-                       timestep=protocol.timestep, impratio=protocol.impratio,
-                       max_contact_points=protocol.max_contacts)
+                       timestep=physics.timestep, impratio=physics.impratio,
+                       max_contact_points=physics.max_contacts)
 
 
 def _add_table(spec: mujoco.MjSpec, protocol: LiftProtocol, condim: int) -> None:
@@ -232,7 +208,7 @@ def _add_table(spec: mujoco.MjSpec, protocol: LiftProtocol, condim: int) -> None
     spec.worldbody.add_geom(
         name="table", type=mujoco.mjtGeom.mjGEOM_BOX, size=(sx, sy, sz), pos=(0, 0, TABLE_TOP - sz),
         contype=shadow.TABLE_BIT, conaffinity=shadow.HAND_BIT | shadow.OBJECT_BIT,
-        rgba=(0.6, 0.5, 0.4, 1), friction=(protocol.friction, 0.005, 0.0001), condim=condim)
+        rgba=(0.6, 0.5, 0.4, 1), friction=(protocol.physics.friction, 0.005, 0.0001), condim=condim)
 
 
 def _settle_scene(protocol: LiftProtocol, budget: ObjectBudget, full: mujoco.MjModel) -> mujoco.MjModel:
@@ -246,9 +222,9 @@ def _settle_scene(protocol: LiftProtocol, budget: ObjectBudget, full: mujoco.MjM
     for i in range(budget.pieces):
         spec.add_mesh(name=f"mesh{i}", uservert=bank.PAD_PIECE.ravel())
         body.add_geom(type=mujoco.mjtGeom.mjGEOM_MESH, meshname=f"mesh{i}", contype=shadow.OBJECT_BIT,
-                      conaffinity=shadow.TABLE_BIT, friction=(protocol.friction, 0.005, 0.0001),
+                      conaffinity=shadow.TABLE_BIT, friction=(protocol.physics.friction, 0.005, 0.0001),
                       condim=condim, density=1000.0)
-    spec.add_numeric(name="max_contact_points", data=[protocol.max_contacts])
+    spec.add_numeric(name="max_contact_points", data=[protocol.physics.max_contacts])
     model = spec.compile()
     objects = model.geom_bodyid == 1
     model.geom_pos[objects] = 0.0  # piece vertices are in the object frame (see bank)
@@ -263,7 +239,7 @@ def build_lift_scene(protocol: LiftProtocol, obj: assets.ObjectAsset) -> Scene:
     """Hand, `obj` and the table (top at z = 0) with the protocol's physics."""
     scene = build_scene(obj, scene_config(protocol))
     # `build_scene` gives the table a fixed friction, and MuJoCo takes the larger of two.
-    scene.model.geom_friction[scene.table_geom] = (protocol.friction, 0.005, 0.0001)
+    scene.model.geom_friction[scene.table_geom] = (protocol.physics.friction, 0.005, 0.0001)
     return scene
 
 
@@ -271,7 +247,7 @@ def make_template(protocol: LiftProtocol = DEFAULT, budget: ObjectBudget = Objec
     """The lift scene for `protocol` with `budget.pieces` object mesh slots and a table."""
     protocol.validate()
     budget.validate()
-    scene = bank.template_scene(budget, protocol.friction, lambda pad: build_lift_scene(protocol, pad))
+    scene = bank.template_scene(budget, protocol.physics.friction, lambda pad: build_lift_scene(protocol, pad))
     model = scene.model
     settle = _settle_scene(protocol, budget, model)
     types = model.geom_type[scene.hand_geoms]
@@ -286,8 +262,8 @@ def make_template(protocol: LiftProtocol = DEFAULT, budget: ObjectBudget = Objec
 def prepare_object(template: LiftTemplate, obj: assets.ObjectAsset) -> bank.PreparedObject:
     """`bank.prepare_object` with the protocol's density and mass scale."""
     protocol = template.protocol
-    return bank.prepare_object(obj, template.budget, density=protocol.object_density,
-                               mass_scale=protocol.mass_scale)
+    return bank.prepare_object(obj, template.budget, density=protocol.physics.object_density,
+                               mass_scale=protocol.physics.mass_scale)
 
 
 # ---------------------------------------------------------------------------
@@ -296,29 +272,22 @@ def prepare_object(template: LiftTemplate, obj: assets.ObjectAsset) -> bank.Prep
 
 def _settle_world_model(template: LiftTemplate, fields: ObjectFields):
     """The object-and-table model with one object's `fields` swapped in (jittable)."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        from mujoco.mjx._src.types import ConvexMesh
     m = template.settle_model
     ob, dof = template.scene.object_body, template.scene.object_dof
-    convex = tuple(
-        ConvexMesh(vert=fields.vert[p], face=fields.face[p], face_normal=fields.face_normal[p],
-                   edge=fields.edge[p], edge_face_normal=fields.edge_face_normal[p])
-        for p in range(template.budget.pieces))
     geoms = jnp.asarray(template.settle_object_geoms)
     rbound = jnp.asarray(m.geom_rbound).at[geoms].set(fields.geom_rbound)
     bodies = jnp.array([0, ob])  # world, object of the full scene
     mass = fields.body_mass[ob]
-    return m.tree_replace({
-        "_impl.mesh_convex": convex,
-        "geom_rbound": rbound,
-        "body_mass": fields.body_mass[bodies],
-        "body_inertia": fields.body_inertia[bodies],
-        "body_ipos": fields.body_ipos[bodies],
-        "body_iquat": fields.body_iquat[bodies],
-        "body_invweight0": fields.body_invweight0[bodies],
-        "body_subtreemass": jnp.stack([mass, mass]),
-        "dof_invweight0": fields.dof_invweight0[dof:dof + 6],
-    })
+    return mjx_compat.with_convex_meshes(
+        m, bank.convex_pieces(fields, template.budget.pieces),
+        geom_rbound=rbound,
+        body_mass=fields.body_mass[bodies],
+        body_inertia=fields.body_inertia[bodies],
+        body_ipos=fields.body_ipos[bodies],
+        body_iquat=fields.body_iquat[bodies],
+        body_invweight0=fields.body_invweight0[bodies],
+        body_subtreemass=jnp.stack([mass, mass]),
+        dof_invweight0=fields.dof_invweight0[dof:dof + 6])
 
 
 def lowest_point(fields: ObjectFields, rotation: jax.Array) -> jax.Array:
@@ -482,25 +451,20 @@ def control_schedule(protocol: LiftProtocol, wrist_pre: jax.Array, wrist_grasp: 
     return jnp.concatenate([wrist, fingers], -1)
 
 
-def _object_in_palm(template: LiftTemplate, d):
+def object_in_palm(template: LiftTemplate, d):
     """Object COM [3] and rotation [3, 3] in the palm frame; object COM [3] and palm [3] in the world."""
     palm, obj = template.palm_body, template.scene.object_body
-    r_palm = d.xmat[palm]
-    return (r_palm.T @ (d.xipos[obj] - d.xpos[palm]), r_palm.T @ d.xmat[obj],
+    return (*judge.object_in_palm(d.xpos[palm], d.xmat[palm], d.xipos[obj], d.xmat[obj]),
             d.xipos[obj], d.xpos[palm])
 
 
-def _hand_object_contact(template: LiftTemplate, d) -> jax.Array:
+def hand_object_contact(template: LiftTemplate, d) -> jax.Array:
     """A hand-object contact in `d`'s contacts (from its last collision pass)."""
-    contact = d._impl.contact
-    is_object = np.zeros(template.scene.model.ngeom, bool)
-    is_object[template.scene.object_geoms] = True
-    is_hand = np.zeros_like(is_object)
-    is_hand[template.scene.hand_geoms] = True
-    is_object, is_hand = jnp.asarray(is_object), jnp.asarray(is_hand)
-    g1, g2 = contact.geom[:, 0], contact.geom[:, 1]
-    pair = (is_object[g1] & is_hand[g2]) | (is_hand[g1] & is_object[g2])
-    return jnp.any(pair & (contact.dist < 0))
+    model = template.scene.model
+    is_object = jnp.asarray(judge.geom_mask(model.ngeom, template.scene.object_geoms))
+    is_hand = jnp.asarray(judge.geom_mask(model.ngeom, template.scene.hand_geoms))
+    geom, dist = mjx_compat.contacts(d)
+    return judge.touching(dist, judge.hand_object_pairs(geom[:, 0], geom[:, 1], is_object, is_hand))
 
 
 def initial_state(template: LiftTemplate, fields: ObjectFields, object_pose: jax.Array,
@@ -545,7 +509,7 @@ def lift(template: LiftTemplate, fields: ObjectFields, object_pose: jax.Array,
     qpos, ctrl = initial_state(template, fields, object_pose, world_grasp)
     dtype = qpos.dtype
     d = mjx.kinematics(m, template.blank_data.replace(qpos=qpos, ctrl=ctrl[0]))
-    start = _object_in_palm(template, d)
+    start = object_in_palm(template, d)
     lift_start = protocol.lift_start
 
     def body(carry, inputs):
@@ -558,14 +522,14 @@ def lift(template: LiftTemplate, fields: ObjectFields, object_pose: jax.Array,
         # mjx.step leaves the positions of the state it started from: at step
         # `lift_start`, those of the state the lift starts from.
         at_lift = jax.tree_util.tree_map(
-            lambda new, old: jnp.where(t == lift_start, new, old), _object_in_palm(template, d), at_lift)
+            lambda new, old: jnp.where(t == lift_start, new, old), object_in_palm(template, d), at_lift)
         return (d, keep, at_lift), None
 
     steps = jnp.arange(ctrl.shape[0])
     (d, finite, at_lift), _ = jax.lax.scan(body, (d, jnp.array(True), start), (steps, ctrl))
-    contact = _hand_object_contact(template, d)
+    contact = hand_object_contact(template, d)
     d = mjx.kinematics(m, d)
-    rel_pos, rel_rot, com, palm = _object_in_palm(template, d)
+    rel_pos, rel_rot, com, palm = object_in_palm(template, d)
     rel_pos0, rel_rot0, com0, palm0 = at_lift
     lift_height = com[2] - com0[2]
     slip = jnp.linalg.norm(rel_pos - rel_pos0)
@@ -574,7 +538,7 @@ def lift(template: LiftTemplate, fields: ObjectFields, object_pose: jax.Array,
     inf = jnp.array(jnp.inf, dtype)
     lift_height = jnp.where(finite, lift_height, -inf)
     slip = jnp.where(finite, slip, inf)
-    success = finite & (lift_height >= protocol.success_height_m) & (slip < protocol.slip_bound_m)
+    success = judge.lifted(protocol, finite, lift_height, slip)
     return LiftResult(
         success=success, lift_height=lift_height, slip=slip,
         rotation=jnp.where(finite, rotation, inf), pushed=pushed,

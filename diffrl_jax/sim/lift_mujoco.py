@@ -26,11 +26,11 @@ from diffrl_jax.data import grasps as grasp_lib
 from diffrl_jax.data import rotations
 from diffrl_jax.errors import ConfigError
 from diffrl_jax.scene import Scene
-from diffrl_jax.sim import lift, mujoco_backend
+from diffrl_jax.sim import judge, lift, mujoco_backend
 from diffrl_jax.sim.bank import PreparedObject
 from diffrl_jax.sim.lift import LiftResult, LiftTemplate
+from diffrl_jax.sim.mujoco_backend import STATE
 
-_STATE = mujoco.mjtState.mjSTATE_FULLPHYSICS.value  # time, qpos, qvel, act, ...
 _BLOCK = 16  # worlds per call of the jitted initial_state (fixed: one compile)
 DEFAULT_CHUNK = 64  # worlds per rollout (memory ~ chunk * total_steps * 0.6 KB)
 _FIELDS = ("lift_height", "slip", "rotation", "pushed", "hand_height")
@@ -40,7 +40,7 @@ _FIELDS = ("lift_height", "slip", "rotation", "pushed", "hand_height")
 def object_scene(template: LiftTemplate, prepared: PreparedObject) -> Scene:
     """The C-engine lift scene of `prepared` under `template`'s protocol (cached)."""
     protocol = template.protocol
-    scene = lift.build_lift_scene(protocol, prepared.asset(protocol.friction))
+    scene = lift.build_lift_scene(protocol, prepared.asset(protocol.physics.friction))
     mujoco_backend.check_layout(scene, template.scene)
     return scene
 
@@ -62,52 +62,73 @@ def initial_state(template: LiftTemplate, prepared: PreparedObject, poses, world
                                     np.asarray(world_grasps, np.float32))
 
 
-def _object_in_palm(template: LiftTemplate, data: mujoco.MjData):
-    """As `lift._object_in_palm`: relative COM [3], rotation [3, 3]; world COM [3], palm [3]."""
+def object_in_palm(template: LiftTemplate, data: mujoco.MjData):
+    """As `lift.object_in_palm`: relative COM [3], rotation [3, 3]; world COM [3], palm [3]."""
     palm, obj = template.palm_body, template.scene.object_body
-    r_palm = data.xmat[palm].reshape(3, 3)
-    return (r_palm.T @ (data.xipos[obj] - data.xpos[palm]), r_palm.T @ data.xmat[obj].reshape(3, 3),
+    return (*mujoco_backend.object_in_palm(template.scene, palm, data),
             data.xipos[obj].copy(), data.xpos[palm].copy())
 
 
-def _hand_object_contact(scene: Scene, data: mujoco.MjData) -> bool:
-    n = data.ncon
-    g1, g2 = data.contact.geom1[:n], data.contact.geom2[:n]
-    pair = ((np.isin(g1, scene.object_geoms) & np.isin(g2, scene.hand_geoms))
-            | (np.isin(g1, scene.hand_geoms) & np.isin(g2, scene.object_geoms)))
-    return bool(np.any(pair & (data.contact.dist[:n] < 0)))
+def rollout(template: LiftTemplate, scene: Scene, pool, datas, qpos, ctrl):
+    """The open-loop lifts of worlds starting at qpos [n, nq] with servo targets ctrl [n, T, nu].
+
+    Returns (start states [n, nstate], the object in the palm at the start
+    per world (as `object_in_palm`), states [n, T, nstate]). Zero warmstarts:
+    a world's result depends on nothing but itself.
+    """
+    model, data = scene.model, datas[0]
+    n = len(qpos)
+    state0 = np.zeros((n, mujoco.mj_stateSize(model, STATE)))
+    start = []
+    for i in range(n):
+        mujoco.mj_resetData(model, data)
+        data.qpos[:] = qpos[i]
+        mujoco.mj_kinematics(model, data)
+        start.append(object_in_palm(template, data))
+        mujoco.mj_getState(model, data, state0[i], STATE)
+    states, _ = pool.rollout(model, datas, state0, ctrl, initial_warmstart=np.zeros((n, model.nv)))
+    return state0, start, states
+
+
+def lift_rollout(template: LiftTemplate, prepared: PreparedObject, poses, world_grasps, *,
+                 nthread: int | None = None):
+    """The lifts `lift_mujoco` judges, as states, for replaying them (`evaluation.render`).
+
+    Same scene, start, servo targets and rollout. Returns (scene, start
+    states [n, nstate], states [n, T, nstate]).
+    """
+    scene = object_scene(template, prepared)
+    qpos, ctrl = initial_state(template, prepared, poses, world_grasps)
+    nthread = mujoco_backend.resolve_threads(nthread)
+    datas = [mujoco.MjData(scene.model) for _ in range(nthread)]
+    with mujoco_backend.thread_pool(nthread) as pool:
+        state0, _, states = rollout(template, scene, pool, datas, qpos, ctrl)
+    return scene, state0, states
 
 
 def _chunk(template, scene, pool, datas, qpos, ctrl, out, index) -> None:
     """Lifts one block of worlds; writes `out[...][index]`."""
     protocol = template.protocol
     model, data = scene.model, datas[0]
-    n = len(qpos)
-    state0 = np.zeros((n, mujoco.mj_stateSize(model, _STATE)))
-    start = []
-    for i in range(n):
-        mujoco.mj_resetData(model, data)
-        data.qpos[:] = qpos[i]
-        mujoco.mj_kinematics(model, data)
-        start.append(_object_in_palm(template, data))
-        mujoco.mj_getState(model, data, state0[i], _STATE)
-    # Zero warmstarts: a world's result then depends on nothing but itself.
-    states, _ = pool.rollout(model, datas, state0, ctrl, initial_warmstart=np.zeros((n, model.nv)))
+    is_object = judge.geom_mask(model.ngeom, scene.object_geoms)
+    is_hand = judge.geom_mask(model.ngeom, scene.hand_geoms)
+    state0, start, states = rollout(template, scene, pool, datas, qpos, ctrl)
     finite = mujoco_backend.finite_worlds(state0, states)
-    for i in range(n):
+    for i in range(len(qpos)):
         at = []
         # The state after `lift_start` steps is the one the lift starts from.
         for state in (states[i, protocol.lift_start - 1], states[i, -1]):
-            mujoco.mj_setState(model, data, state, _STATE)
+            mujoco.mj_setState(model, data, state, STATE)
             mujoco.mj_kinematics(model, data)
-            at.append(_object_in_palm(template, data))
+            at.append(object_in_palm(template, data))
         (p0, r0, com0, palm0), (p1, r1, com1, palm1) = at
         # As in MJX, whose last contacts come from the last step's collision pass.
-        mujoco.mj_setState(model, data, states[i, -2], _STATE)
+        mujoco.mj_setState(model, data, states[i, -2], STATE)
         mujoco.mj_kinematics(model, data)
         mujoco.mj_collision(model, data)
+        touching = np.any(mujoco_backend.hand_object_dist(data, is_object, is_hand) < 0)
         k = index.start + i
-        out["contact"][k] = finite[i] and _hand_object_contact(scene, data)
+        out["contact"][k] = finite[i] and bool(touching)
         out["finite"][k] = finite[i]
         out["lift_height"][k] = com1[2] - com0[2] if finite[i] else -np.inf
         out["slip"][k] = np.linalg.norm(p1 - p0) if finite[i] else np.inf
@@ -146,12 +167,12 @@ def settle_mujoco(template: LiftTemplate, prepared: PreparedObject, key, n: int,
     hand[2] = _PARKED_HAND_Z
     if model.nu != len(hand):
         raise AssertionError("the lift scene's servos do not match the hand's qpos")
-    state0 = np.zeros((n, mujoco.mj_stateSize(model, _STATE)))
+    state0 = np.zeros((n, mujoco.mj_stateSize(model, STATE)))
     for i in range(n):
         mujoco.mj_resetData(model, data)
         data.qpos[scene.hand_qpos] = hand
         data.qpos[scene.object_qpos:scene.object_qpos + 7] = drops[i]
-        mujoco.mj_getState(model, data, state0[i], _STATE)
+        mujoco.mj_getState(model, data, state0[i], STATE)
     steps = template.protocol.settle_steps
     ctrl = np.broadcast_to(hand, (n, steps, model.nu))
     datas = [mujoco.MjData(model) for _ in range(nthread)]
@@ -166,11 +187,13 @@ def settle_mujoco(template: LiftTemplate, prepared: PreparedObject, key, n: int,
 
 
 def lift_mujoco(template: LiftTemplate, prepared: PreparedObject, poses, world_grasps, *,
-                nthread: int | None = None, chunk: int = DEFAULT_CHUNK) -> LiftResult:
+                nthread: int | None = None, chunk: int = DEFAULT_CHUNK, qpos=None, ctrl=None) -> LiftResult:
     """The lift of world grasps [n, 31] of `prepared` resting at poses [n, 7], on MuJoCo C.
 
     Returns a `LiftResult` of numpy arrays [n], judged as `lift.lift` judges.
     `nthread` rollout threads (default: the CPUs this process may use).
+    `qpos` [n, nq] and `ctrl` [n, T, nu] replace `lift.initial_state` (computed
+    by the caller, e.g. in JAX before a `pure_callback`).
     """
     poses, world_grasps = np.asarray(poses), np.asarray(world_grasps)
     n = len(poses)
@@ -184,13 +207,20 @@ def lift_mujoco(template: LiftTemplate, prepared: PreparedObject, poses, world_g
     scene = object_scene(template, prepared)
     out = {name: np.zeros(n) for name in _FIELDS}
     out.update(contact=np.zeros(n, bool), finite=np.zeros(n, bool))
+    if (qpos is None) != (ctrl is None):
+        raise ConfigError("give both qpos and ctrl, or neither")
     if n:
-        qpos, ctrl = initial_state(template, prepared, poses, world_grasps)
+        if qpos is None:
+            qpos, ctrl = initial_state(template, prepared, poses, world_grasps)
+        qpos, ctrl = np.asarray(qpos, np.float64), np.asarray(ctrl, np.float64)
+        shape = (n, protocol.total_steps, scene.model.nu)
+        if qpos.shape != (n, scene.model.nq) or ctrl.shape != shape:
+            raise ConfigError(f"qpos/ctrl must have shapes ({n}, {scene.model.nq}) and {shape}, "
+                              f"got {qpos.shape} and {ctrl.shape}")
         datas = [mujoco.MjData(scene.model) for _ in range(nthread)]
         with mujoco_backend.thread_pool(nthread) as pool:
             for start in range(0, n, chunk):
                 index = slice(start, min(start + chunk, n))
                 _chunk(template, scene, pool, datas, qpos[index], ctrl[index], out, index)
-    success = out["finite"] & (out["lift_height"] >= protocol.success_height_m) & (
-        out["slip"] < protocol.slip_bound_m)
+    success = judge.lifted(protocol, out["finite"], out["lift_height"], out["slip"])
     return LiftResult(success=success, **out)

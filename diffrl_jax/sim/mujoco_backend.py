@@ -47,12 +47,13 @@ from diffrl_jax.data import rotations
 from diffrl_jax.errors import ConfigError
 from diffrl_jax.runtime import usable_cpus
 from diffrl_jax.scene import Scene, build_scene
-from diffrl_jax.sim import bank, hold
+from diffrl_jax.sim import bank, hold, judge
 from diffrl_jax.sim.bank import PreparedObject, SimTemplate
 from diffrl_jax.sim.hold import HoldResult
 from diffrl_jax.sim.protocol import DIRECTIONS, NUM_DIRECTIONS
 
-_STATE = mujoco.mjtState.mjSTATE_FULLPHYSICS.value  # time, qpos, qvel, act, ...
+# The state the C engine rolls out and reads back: time, qpos, qvel, act, ...
+STATE = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
 _CONTROL = mujoco.mjtState.mjSTATE_CTRL.value | mujoco.mjtState.mjSTATE_XFRC_APPLIED.value
 DEFAULT_CHUNK = 32  # grasps per rollout batch (6x as many pull worlds)
 _INIT_BLOCK = 32  # grasps per call of the jitted initial_state (fixed: one compile)
@@ -65,7 +66,7 @@ def object_scene(template: SimTemplate, prepared: PreparedObject) -> Scene:
     Its qpos/ctrl layout is the template's, so `hold.initial_state` applies.
     """
     protocol = template.protocol
-    scene = build_scene(prepared.asset(protocol.friction), bank.scene_config(protocol))
+    scene = build_scene(prepared.asset(protocol.physics.friction), bank.scene_config(protocol))
     check_layout(scene, template.scene)
     return scene
 
@@ -118,29 +119,23 @@ def in_blocks(fn, block: int, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple(np.concatenate(parts) for parts in zip(*outs))
 
 
-def _hand_object(scene: Scene) -> np.ndarray:
-    """[ngeom] bool: the object's geoms (a contact is hand-object if one side is)."""
-    mask = np.zeros(scene.model.ngeom, bool)
-    mask[scene.object_geoms] = True
-    return mask
+def hand_object_dist(data: mujoco.MjData, is_object: np.ndarray, is_hand=None) -> np.ndarray:
+    """Distances of the hand-object contacts of `data` (after collision).
 
-
-def _contact_dist(data: mujoco.MjData, is_object: np.ndarray) -> np.ndarray:
-    """Distances of the hand-object contacts of `data` (after collision)."""
+    is_object (and is_hand, where the scene has more than hand and object):
+    [ngeom] masks from `judge.geom_mask`.
+    """
+    n = data.ncon
     con = data.contact
-    if data.ncon == 0:
-        return np.zeros(0)
-    g1, g2 = con.geom1[:data.ncon], con.geom2[:data.ncon]
-    pair = is_object[g1] ^ is_object[g2]
-    return con.dist[:data.ncon][pair]
+    pairs = judge.hand_object_pairs(con.geom1[:n], con.geom2[:n], is_object, is_hand)
+    return con.dist[:n][pairs]
 
 
-def _relative_pose(scene: Scene, palm: int, data: mujoco.MjData):
+def object_in_palm(scene: Scene, palm: int, data: mujoco.MjData):
     """Object COM in the palm frame [3] and object rotation in the palm frame [3, 3]."""
     obj = scene.object_body
-    r_palm = data.xmat[palm].reshape(3, 3)
-    pos = r_palm.T @ (data.xipos[obj] - data.xpos[palm])
-    return pos, r_palm.T @ data.xmat[obj].reshape(3, 3)
+    return judge.object_in_palm(data.xpos[palm], data.xmat[palm].reshape(3, 3),
+                                data.xipos[obj], data.xmat[obj].reshape(3, 3))
 
 
 def finite_worlds(state0: np.ndarray, states: np.ndarray) -> np.ndarray:
@@ -217,8 +212,8 @@ def _chunk(template, scene, pool, datas, work, qpos, ctrl, out, index):
     protocol = template.protocol
     model, data = scene.model, datas[0]
     palm, obj = template.palm_body, scene.object_body
-    is_object = _hand_object(scene)
-    nstate = mujoco.mj_stateSize(model, _STATE)
+    is_object = judge.geom_mask(model.ngeom, scene.object_geoms)
+    nstate = mujoco.mj_stateSize(model, STATE)
     ncontrol = mujoco.mj_stateSize(model, _CONTROL)
     n = len(qpos)
 
@@ -234,10 +229,9 @@ def _chunk(template, scene, pool, datas, work, qpos, ctrl, out, index):
         data.qpos[:] = qpos[i]
         data.ctrl[:] = ctrl[i]
         mujoco.mj_forward(model, data)
-        dist = _contact_dist(data, is_object)
-        penetration[i] = max(-dist.min(), 0.0) * 1000.0 if len(dist) else 0.0
-        pos0[i], rot0[i] = _relative_pose(scene, palm, data)
-        mujoco.mj_getState(model, data, state0[i], _STATE)
+        penetration[i] = judge.penetration_mm(hand_object_dist(data, is_object))
+        pos0[i], rot0[i] = object_in_palm(scene, palm, data)
+        mujoco.mj_getState(model, data, state0[i], STATE)
         if np.all(np.isfinite(data.qacc)):
             warm0[i] = data.qacc  # what mj_step would leave as qacc_warmstart
     valid &= np.all(np.isfinite(state0), axis=1)
@@ -260,7 +254,7 @@ def _chunk(template, scene, pool, datas, work, qpos, ctrl, out, index):
         settled_qpos[go] = np.nan
         warm = np.zeros_like(warm0)
         for i in go[ok[go]]:  # the warmstart the last settle step would hand on
-            mujoco.mj_setState(model, data, settled[i], _STATE)
+            mujoco.mj_setState(model, data, settled[i], STATE)
             settled_qpos[i] = data.qpos
             data.ctrl[:] = ctrl[i]
             data.xfrc_applied[:] = 0.0
@@ -291,13 +285,13 @@ def _chunk(template, scene, pool, datas, work, qpos, ctrl, out, index):
         rot = np.tile(np.eye(3), (len(go) * d, 1, 1))
         touch = np.zeros(len(go) * d, bool)
         for k in np.nonzero(healthy.ravel())[0]:
-            mujoco.mj_setState(model, data, final[k], _STATE)
+            mujoco.mj_setState(model, data, final[k], STATE)
             mujoco.mj_kinematics(model, data)
-            pos[k], rot[k] = _relative_pose(scene, palm, data)
-            mujoco.mj_setState(model, data, before[k], _STATE)
+            pos[k], rot[k] = object_in_palm(scene, palm, data)
+            mujoco.mj_setState(model, data, before[k], STATE)
             mujoco.mj_kinematics(model, data)
             mujoco.mj_collision(model, data)
-            touch[k] = np.any(_contact_dist(data, is_object) < 0)
+            touch[k] = np.any(hand_object_dist(data, is_object) < 0)
         pos = pos.reshape(len(go), d, 3)
         rot = rot.reshape(len(go), d, 3, 3)
         finite[go] = healthy
@@ -307,12 +301,7 @@ def _chunk(template, scene, pool, datas, work, qpos, ctrl, out, index):
             healthy, rotations.rotation_angle(np.broadcast_to(rot0[go, None], rot.shape), rot), np.inf)
         contact[go] = touch.reshape(len(go), d) & healthy
 
-    with np.errstate(invalid="ignore"):
-        placed = penetration <= protocol.penetration_bound_m * 1000.0  # NaN: not placed
-    held = finite & (translation < protocol.translation_bound_m) & (
-        rotation < protocol.rotation_bound_rad) & placed[:, None]
-    if protocol.require_contact:
-        held &= contact
+    held = judge.held(protocol, finite, translation, rotation, penetration, contact)
     out["held"][index] = held
     out["translation"][index] = translation
     out["rotation"][index] = rotation

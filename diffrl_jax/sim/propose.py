@@ -20,29 +20,23 @@ import dataclasses
 
 import mujoco
 import numpy as np
-from mujoco import rollout
 
+from diffrl_jax import configs
+from diffrl_jax.configs import integer, non_negative, positive
 from diffrl_jax.data import grasps as grasp_lib
-from diffrl_jax.data.example import FINGER_CLOSE_MAX, FINGERS, JOINT_INDEX, PALM_CENTRE, finger_geoms
 from diffrl_jax.errors import ConfigError
-from diffrl_jax.runtime import usable_cpus
-from diffrl_jax.evaluation.geometry import min_distance
 from diffrl_jax.hand import constants
+from diffrl_jax.hand.poses import CLOSED_POSE, OPEN_POSE, PALM_CENTRE, finger_geoms
+from diffrl_jax.runtime import usable_cpus
 from diffrl_jax.scene import Scene
+from diffrl_jax.sim import mujoco_backend
+from diffrl_jax.sim.geometry import min_distance
+from diffrl_jax.sim.mujoco_backend import STATE
 
 _LOW, _HIGH = constants.JOINT_RANGES[:, 0], constants.JOINT_RANGES[:, 1]
-# Open pose and closed servo target of the 22 finger joints (example.py's paths).
-OPEN_POSE = np.zeros(constants.NUM_JOINTS)
-CLOSED_POSE = np.zeros(constants.NUM_JOINTS)
-for _names, _open, _direction in FINGERS.values():
-    _idx = [JOINT_INDEX[name] for name in _names]
-    OPEN_POSE[_idx] = _open
-    CLOSED_POSE[_idx] = np.asarray(_open) + FINGER_CLOSE_MAX * np.asarray(_direction)
-CLOSED_POSE = np.clip(CLOSED_POSE, _LOW, _HIGH)
 
 # The object's mass (kg) while fingers close; its inertia scales along.
 _FROZEN_MASS = 1e5
-_STATE = mujoco.mjtState.mjSTATE_FULLPHYSICS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,32 +47,24 @@ class ProposalConfig:
     # enveloping grasps: with 0-1 cm, about three times as many proposals on the
     # built-in objects survived a 1 s gravity drop as with 0-3 cm.
     clearance: tuple[float, float] = (0.0, 0.01)
-    aim_jitter: float = 0.5  # aim point offset, as a fraction of the object's half extents
-    close_s: float = 0.4  # s, finger targets ramp from open to closed
-    settle_s: float = 0.1  # s, targets then held closed
+    aim_jitter: float = non_negative(0.5)  # aim point offset, as a fraction of the object's half extents
+    close_s: float = positive(0.4, finite=True)  # s, finger targets ramp from open to closed
+    settle_s: float = non_negative(0.1)  # s, targets then held closed
     # Multiplies the finger torque limits while closing. MuJoCo's contacts are
     # soft, so fingers sink in proportion to how hard they press: at full
     # strength 2-3 mm, at 0.3 about 1 mm at most.
-    closing_strength: float = 0.3
-    contact_distance: float = 1e-3  # m, a finger closer than this touches
-    max_penetration: float = 2e-3  # m, deepest hand-object overlap kept
-    batch_size: int = 64  # candidates per rollout call (does not change the result)
-    max_candidates: int | None = None  # candidates sampled before giving up; default 200 n
+    closing_strength: float = positive(0.3, finite=True)
+    contact_distance: float = positive(1e-3, finite=True)  # m, a finger closer than this touches
+    max_penetration: float = positive(2e-3, finite=True)  # m, deepest hand-object overlap kept
+    batch_size: int = integer(64, min=1)  # candidates per rollout call (does not change the result)
+    # Candidates sampled before giving up; default 200 n.
+    max_candidates: int | None = integer(None, min=1, optional=True)
 
-    def validate(self) -> "ProposalConfig":
+    def validate(self) -> ProposalConfig:
+        configs.check(self, "proposal")
         low, high = self.clearance
         if not 0.0 <= low <= high:
             raise ConfigError(f"clearance must satisfy 0 <= low <= high, got {self.clearance}")
-        for name in ("close_s", "closing_strength", "contact_distance", "max_penetration"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"proposal {name} must be positive, got {getattr(self, name)!r}")
-        if self.settle_s < 0 or self.aim_jitter < 0:
-            raise ConfigError("proposal settle_s and aim_jitter must be non-negative")
-        if self.batch_size < 1:
-            raise ConfigError(f"proposal batch_size must be at least 1, got {self.batch_size}")
-        if self.max_candidates is not None and self.max_candidates < 1:
-            raise ConfigError(
-                f"proposal max_candidates must be at least 1, got {self.max_candidates}")
         return self
 
 
@@ -198,10 +184,10 @@ def _close(model, datas, pool, scene: Scene, wrists: np.ndarray,
     b, steps = len(wrists), len(fingers)
     data = datas[0]
     mujoco.mj_resetData(model, data)
-    state0 = np.empty((b, mujoco.mj_stateSize(model, _STATE)))
+    state0 = np.empty((b, mujoco.mj_stateSize(model, STATE)))
     for i, wrist in enumerate(wrists):
         data.qpos[scene.hand_qpos] = np.concatenate([wrist, OPEN_POSE])
-        mujoco.mj_getState(model, data, state0[i], _STATE)
+        mujoco.mj_getState(model, data, state0[i], STATE)
     control = np.empty((b, steps, model.nu))
     control[:, :, :6] = wrists[:, None]
     control[:, :, 6:] = fingers
@@ -240,10 +226,7 @@ def propose_grasps(scene: Scene, n: int, seed: int = 0, *,
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ConfigError(f"number of grasps must be a positive integer, got {n!r}")
-    try:
-        config = dataclasses.replace(config, **overrides).validate()
-    except TypeError as e:  # an unknown field
-        raise ConfigError(f"bad proposal config override: {e}") from None
+    config = configs.replace(config, overrides, "proposal config override").validate()
     max_candidates = config.max_candidates or 200 * n
     nthread = nthread or usable_cpus()
     rng = np.random.default_rng(seed)
@@ -255,7 +238,7 @@ def propose_grasps(scene: Scene, n: int, seed: int = 0, *,
     found: list[np.ndarray] = []
     tried = 0
     # Host loop over batches: sampling and checks are Python, the closing is C.
-    with rollout.Rollout(nthread=nthread if nthread > 1 else 0) as pool:
+    with mujoco_backend.thread_pool(nthread) as pool:
         while len(found) < n and tried < max_candidates:
             batch = min(config.batch_size, max_candidates - tried)
             tried += batch

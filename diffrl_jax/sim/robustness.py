@@ -19,7 +19,6 @@ runs the perturbed copies through `validate.validate_dataset`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 
@@ -27,9 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffrl_jax import configs
+from diffrl_jax.configs import integer, non_negative, positive
 from diffrl_jax.data import grasps as grasp_lib
 from diffrl_jax.data import rotations
-from diffrl_jax.errors import ConfigError, check_fields
 from diffrl_jax.hand import constants
 
 LABEL = "robustness"
@@ -39,29 +39,18 @@ LABEL = "robustness"
 class PerturbConfig:
     """Perturbed copies per grasp and their noise (standard deviations)."""
 
-    samples: int = 16
-    translation_m: float = 0.0025  # palm position, each object-frame axis
-    rotation_rad: float = 0.04  # palm rotation, each axis of a palm-frame rotation vector
-    joints_rad: float = 0.05  # each finger joint
-    truncate: float = 2.0  # noise is clipped at this many standard deviations
+    samples: int = integer(16, min=1)
+    translation_m: float = non_negative(0.0025)  # palm position, each object-frame axis
+    rotation_rad: float = non_negative(0.04)  # palm rotation, each axis of a palm-frame rotation vector
+    joints_rad: float = non_negative(0.05)  # each finger joint
+    truncate: float = positive(2.0, finite=True)  # noise is clipped at this many standard deviations
     seed: int = 0
 
-    def validate(self) -> "PerturbConfig":
-        if not (isinstance(self.samples, int) and not isinstance(self.samples, bool)
-                and self.samples >= 1):
-            raise ConfigError(f"robustness samples must be a positive integer, got {self.samples!r}")
-        for name in ("translation_m", "rotation_rad", "joints_rad"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ConfigError(f"robustness {name} must be a finite number >= 0, got {value!r}")
-        if not (isinstance(self.truncate, (int, float)) and self.truncate > 0
-                and math.isfinite(self.truncate)):
-            raise ConfigError(f"robustness truncate must be positive, got {self.truncate!r}")
-        return self
+    def validate(self) -> PerturbConfig:
+        return configs.check(self, LABEL)
 
-    def replace(self, **overrides) -> "PerturbConfig":
-        check_fields(self, overrides, "robustness")
-        return dataclasses.replace(self, **overrides).validate()
+    def replace(self, **overrides) -> PerturbConfig:
+        return configs.replace(self, overrides, LABEL).validate()
 
 
 def perturb(grasps: jax.Array, key: jax.Array, config: PerturbConfig) -> jax.Array:

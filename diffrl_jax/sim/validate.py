@@ -1,14 +1,13 @@
 """Validating a dataset: every grasp through the hold test, one compile for all.
 
-The host side of the hold test (not jittable: it prepares objects and packs
-chunks). Grasps are grouped by (object, scale) -- one simulated object each --
-and packed into chunks of `groups` groups of `group_size` grasps, the one shape
-the jitted `hold.make_hold_test` program is compiled for; short groups are
-padded with copies whose results are dropped.
+The host side of the hold test (not jittable: it prepares objects and
+gathers rows). Grasps are grouped by (object, scale) -- one simulated object
+each -- and the groups go to a backend's `hold_objects` (`sim.backends`):
+MJX packs them into chunks of `groups` groups of `group_size` grasps, the one
+shape its jitted program is compiled for, split over the local devices; the C
+engine runs them object by object on threads.
 
-Every local device takes a share of each chunk (the group axis is split over
-a `parallel.local_mesh()`, padded to a multiple of the device count), and
-with several processes each validates its share of the groups
+With several processes each validates its share of the groups
 (`parallel.process_share`); `validate_dataset` merges the rows of all
 processes (`parallel.allgather_rows`) so every process returns the whole
 report.
@@ -17,36 +16,18 @@ report.
 from __future__ import annotations
 
 import dataclasses
-import math
-import platform
-import time
 from collections.abc import Callable
 
 import numpy as np
 
-from diffrl_jax import parallel
+from diffrl_jax import configs, parallel
 from diffrl_jax.data.dexgraspnet import GraspDataset
 from diffrl_jax.data.grasps import GRASP_DIM
 from diffrl_jax.errors import ConfigError
 from diffrl_jax.objects import assets
-from diffrl_jax.runtime import usable_cpus
-from diffrl_jax.sim import bank
+from diffrl_jax.sim import backends, bank
+from diffrl_jax.sim.backends import ChunkConfig
 from diffrl_jax.sim.protocol import DIRECTION_NAMES, HoldProtocol
-
-BACKENDS = ("mjx", "mujoco")
-
-
-@dataclasses.dataclass(frozen=True)
-class ChunkConfig:
-    """The fixed batch of the MJX program: `groups` objects x `group_size` grasps."""
-
-    groups: int = 4
-    group_size: int = 16
-
-    def validate(self) -> "ChunkConfig":
-        if self.groups < 1 or self.group_size < 1:
-            raise ConfigError(f"chunk sizes must be positive, got {self.groups} x {self.group_size}")
-        return self
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -76,31 +57,19 @@ def prepare_entry(dataset: GraspDataset, entry: Entry, protocol: HoldProtocol,
                   budget: bank.ObjectBudget) -> bank.PreparedObject:
     obj = assets.mesh_object(dataset.mesh_path(entry.code), entry.scale, name=entry.code,
                              max_hull_vertices=budget.vertices)
-    return bank.prepare_object(obj, budget, density=protocol.object_density,
-                               mass_scale=protocol.mass_scale)
+    return bank.prepare_object(obj, budget, density=protocol.physics.object_density,
+                               mass_scale=protocol.physics.mass_scale)
 
 
 def protocol_json(protocol: HoldProtocol) -> dict:
-    """The protocol's fields; unbounded criteria (inf) become null for strict JSON."""
-    return {k: (None if isinstance(v, float) and math.isinf(v) else v)
-            for k, v in dataclasses.asdict(protocol).items()}
+    """The protocol's fields, nested (`physics`, `squeeze`); unbounded criteria (inf) become null
+    for strict JSON. `HoldProtocol.from_json` reads it back."""
+    return configs.to_json(protocol)
 
 
-def device_name(backend: str) -> str:
-    if backend == "mujoco":
-        return f"cpu ({platform.processor() or platform.machine()}, {usable_cpus()} threads, MuJoCo C)"
-    import jax
-
-    d = jax.devices()[0]
-    count = f" x {jax.device_count()}" if jax.device_count() > 1 else ""
-    return f"{d.platform} ({d.device_kind}){count}"
-
-
-def _pack(items, groups: int):
-    """Items (entry index, rows) -> chunks of exactly `groups` items (padded)."""
-    for start in range(0, len(items), groups):
-        chunk = items[start:start + groups]
-        yield chunk + [chunk[-1]] * (groups - len(chunk)), len(chunk)
+def device_name(backend: str | backends.Backend) -> str:
+    """Where `backend` (a name or a `Backend`) runs, in words."""
+    return backends.get(backend).device_name()
 
 
 def process_entries(entry_list: list[Entry], group_size: int, process_id: int | None = None,
@@ -117,69 +86,18 @@ def process_entries(entry_list: list[Entry], group_size: int, process_id: int | 
     return [pieces[i] for i in mine]
 
 
-def run_mjx(dataset, entry_list, template, chunk: ChunkConfig, progress=None, mesh=None):
-    """Hold results per dataset row: dict of numpy arrays, and timings.
+def run_entries(dataset: GraspDataset, entry_list: list[Entry], template: bank.SimTemplate,
+                backend: backends.Backend, progress=None) -> tuple[dict, float, float]:
+    """Hold results per dataset row (dict of numpy arrays, rows of `entry_list` marked
+    `done`), compile seconds and run seconds, on `backend`."""
+    def prepare(i):
+        return prepare_entry(dataset, entry_list[i], template.protocol, template.budget)
 
-    The group axis of every chunk is split over `mesh` (default: this
-    process's devices); `chunk.groups` is rounded up to a multiple of its size.
-    """
-    import jax
-
-    from diffrl_jax.sim import hold
-
-    mesh = parallel.local_mesh() if mesh is None else mesh
-    chunk = dataclasses.replace(chunk, groups=parallel.padded_size(chunk.groups, parallel.num_shards(mesh)))
-
-    fields = []
-    for e in entry_list:
-        fields.append(template.fields(prepare_entry(dataset, e, template.protocol, template.budget)))
-    items = []
-    for i, e in enumerate(entry_list):
-        for s in range(0, len(e.rows), chunk.group_size):
-            items.append((i, e.rows[s:s + chunk.group_size]))
-    fn = hold.make_hold_test(template)
-    n_total = len(dataset.grasps)
-    out = _empty(n_total)
-    jit_s, run_s, compiled = 0.0, 0.0, None
-    for packed, real in _pack(items, chunk.groups):
-        f = bank.stack_fields([fields[i] for i, _ in packed])
-        g = np.zeros((chunk.groups, chunk.group_size, dataset.grasps.shape[1]), np.float32)
-        for k, (_, rows) in enumerate(packed):
-            g[k, :len(rows)] = dataset.grasps[rows]
-            g[k, len(rows):] = dataset.grasps[rows[0]]
-        f, g = parallel.shard_batch((f, g), mesh)
-        if compiled is None:
-            t = time.perf_counter()
-            compiled = fn.lower(f, g).compile()
-            jit_s = time.perf_counter() - t
-        t = time.perf_counter()
-        result = jax.device_get(compiled(f, g))
-        run_s += time.perf_counter() - t
-        for k, (_, rows) in enumerate(packed[:real]):
-            _store(out, rows, jax.tree_util.tree_map(lambda x: x[k, :len(rows)], result))
-        if progress:
-            progress(sum(len(rows) for _, rows in packed[:real]))
-    return out, jit_s, run_s
-
-
-def run_mujoco(dataset, entry_list, template, nthread=None, progress=None):
-    from diffrl_jax.sim import mujoco_backend
-
+    grasps = [dataset.grasps[e.rows] for e in entry_list]
+    results, jit_s, run_s = backend.hold_objects(template, prepare, grasps, progress)
     out = _empty(len(dataset.grasps))
-    jit_s, run_s = 0.0, 0.0
-    for i, e in enumerate(entry_list):
-        prepared = prepare_entry(dataset, e, template.protocol, template.budget)
-        grasps = dataset.grasps[e.rows]
-        if i == 0:  # the shared JAX squeeze targets compile on first use
-            t = time.perf_counter()
-            mujoco_backend.hold_test_mujoco(template, prepared, grasps[:1], nthread=nthread)
-            jit_s = time.perf_counter() - t
-        t = time.perf_counter()
-        result = mujoco_backend.hold_test_mujoco(template, prepared, grasps, nthread=nthread)
-        run_s += time.perf_counter() - t
+    for e, result in zip(entry_list, results):
         _store(out, e.rows, result)
-        if progress:
-            progress(len(e.rows))
     return out, jit_s, run_s
 
 
@@ -202,7 +120,7 @@ def _store(out: dict, rows: np.ndarray, result) -> None:
 def validate_dataset(
         dataset: GraspDataset,
         protocol: HoldProtocol,
-        backend: str = "mjx",
+        backend: str | backends.Backend = "mjx",
         budget: bank.ObjectBudget = bank.ObjectBudget(),
         chunk: ChunkConfig = ChunkConfig(),
         limit: int | None = None,
@@ -216,8 +134,7 @@ def validate_dataset(
     every process returns the merged report and rows. `mesh`: the devices
     the MJX backend splits chunks over (default: this process's).
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    backend = backends.get(backend, nthread=nthread, chunk=chunk, mesh=mesh)
     protocol.validate()
     chunk.validate()
     mine, timings = validate_share(dataset, protocol, backend, budget, chunk, limit, nthread, progress, mesh)
@@ -236,14 +153,12 @@ def validate_share(dataset, protocol, backend="mjx", budget=bank.ObjectBudget(),
     """
     entry_list = process_entries(entries(dataset, limit), chunk.group_size, process_id, num_processes)
     template = bank.make_template(protocol, budget)
-    if backend == "mjx":
-        rows, jit_s, run_s = run_mjx(dataset, entry_list, template, chunk, progress, mesh)
-    else:
-        rows, jit_s, run_s = run_mujoco(dataset, entry_list, template, nthread, progress)
+    backend = backends.get(backend, nthread=nthread, chunk=chunk, mesh=mesh)
+    rows, jit_s, run_s = run_entries(dataset, entry_list, template, backend, progress)
     return rows, {"jit_s": jit_s, "run_s": run_s}
 
 
-def build_report(dataset: GraspDataset, protocol: HoldProtocol, backend: str, rows: dict,
+def build_report(dataset: GraspDataset, protocol: HoldProtocol, backend: str | backends.Backend, rows: dict,
                  timings: dict) -> dict:
     """The report of per-row results `rows` (rows not `done` are left out).
 
@@ -254,6 +169,7 @@ def build_report(dataset: GraspDataset, protocol: HoldProtocol, backend: str, ro
     """
     import jax
 
+    backend = backends.get(backend)
     objects = {}
     n_done = 0
     for k, code in enumerate(dataset.object_codes):
@@ -271,10 +187,10 @@ def build_report(dataset: GraspDataset, protocol: HoldProtocol, backend: str, ro
     run_s = timings["run_s"]
     return {
         "protocol": protocol_json(protocol),
-        "backend": backend,
-        "device": device_name(backend),
+        "backend": backend.name,
+        "device": backend.device_name(),
         "processes": jax.process_count(),
-        "devices": jax.device_count() if backend == "mjx" else None,
+        "devices": backend.device_count(),
         "directions": list(DIRECTION_NAMES),
         "objects": objects,
         "grasps_per_s": n_done / run_s if run_s > 0 else None,
