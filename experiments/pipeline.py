@@ -14,7 +14,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from diffrl_jax.cli.main import run_in_process
 from diffrl_jax.cli.pipeline import add_arguments, run_from_args
 from diffrl_jax.errors import DiffrlError
 from diffrl_jax.workflows.pipeline import PRESETS, RATE_KEYS, STAGES, PipelineConfig, config_from, run_pipeline
@@ -26,7 +25,6 @@ __all__ = ["PRESETS", "RATE_KEYS", "STAGES", "PipelineConfig", "add_arguments", 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    parser.set_defaults(run_cli=run_in_process)
     parser.add_argument("--compile-cache", metavar="DIR", help="JAX compilation cache directory")
     args = parser.parse_args(argv)
     from diffrl_jax import runtime

@@ -221,6 +221,16 @@ def test_grasp_through_the_table_is_penalised(batch):
     assert nxt.reward[1] < nxt.reward[0] - 1.0
 
 
+def test_clearance_is_the_lift_protocols(setup, batch):
+    """The env's clearance (one kinematics pass shared with the capsule points) is
+    `lift.table_clearance` of the same world grasps, the figure the evaluation rejects by."""
+    nxt = batch["next"]
+    clearance = jax.jit(lambda g: lift.table_clearance(setup["template"], g),
+                        compiler_options={"xla_backend_optimization_level": 0})
+    np.testing.assert_allclose(nxt.info["clearance"], clearance(jnp.asarray(nxt.info["world_grasp"])),
+                               atol=1e-5)
+
+
 def test_nan_action_counts_as_zero(batch):
     nxt = batch["next"]
     assert np.all(np.isfinite(nxt.obs[3])) and np.isfinite(nxt.reward[3])

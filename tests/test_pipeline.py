@@ -190,6 +190,35 @@ def test_refine_stage_calls_the_workflow_with_its_printed_command(tmp_path, assi
         assert record["explore"] == [0.2, 0.0] and "--explore" not in argv  # the cpu preset's, per step
 
 
+@pytest.mark.parametrize("dataset,assignments", [
+    (None, {}),
+    pytest.param("shared", {"limit": "6", "hold.settle_s": "0.02", "scenario": "low-friction", "backend": "mujoco"},
+                 marks=requires_shared_data),
+])
+def test_dataset_and_validate_stages_call_the_workflows_with_their_printed_commands(
+        tmp_path, dataset, assignments):
+    """The dataset (propose) and validate stages' typed configs, the sample stage's hold test
+    included, are what their `$ diffrl ...` lines parse to."""
+    from diffrl_jax.cli.main import build_parser, propose_config_from_args, validate_config_from_args
+    from diffrl_jax.workflows import pipeline as pipeline_workflow
+
+    dataset, objects = (str(SHARED_DATA), [BOTTLE]) if dataset else (None, None)
+    run = pipeline_workflow.Run(tmp_path / "run", pipeline.config_from("quick", dataset, objects, assignments))
+    parse = build_parser().parse_args
+    for k, name in enumerate(run.config.objects if dataset is None else []):
+        config = pipeline_workflow.propose_config(run, name, k)
+        assert propose_config_from_args(parse(pipeline_workflow.propose_argv(config, tmp_path / "s"))) == config
+        assert config.seed == run.config.seed + k and not config.label
+    for source, selection in ((run.raw, True), (run.path("sample", "grasps"), False)):
+        config = pipeline_workflow.validate_config(run, source, selection)
+        argv = pipeline_workflow.validate_argv(run, source, tmp_path / "r.json", selection)
+        assert validate_config_from_args(parse(argv)) == config
+        assert config.limit == (run.config.limit if selection else None)
+    if dataset:
+        assert pipeline_workflow.validate_config(run, run.raw).objects == (BOTTLE,)
+        assert pipeline_workflow.validate_config(run, run.raw).hold["settle_s"] == 0.02
+
+
 @pytest.mark.parametrize("assignments", [
     {},
     {"train_min_robustness": "0.5", "refine_robustness": "2", "diffusion.width": "32", "train_steps": "40",

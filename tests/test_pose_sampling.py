@@ -31,6 +31,25 @@ def test_shortlist_orders_clear_candidates_by_score():
     assert index.shape == valid.shape == (2, 4)
 
 
+def test_choose_modes_without_simulating():
+    """contact: the clear candidate of lowest score; first: the first clear one; one-shot:
+    candidate 0 whatever it is, a pose whose first sample is not clear counting as failed."""
+    score = np.array([[0.3, 0.1, 0.2, 0.0],
+                      [0.5, 0.4, 0.3, 0.2],
+                      [0.1, 0.2, 0.3, 0.4]], np.float32)
+    clear = np.array([[True, True, True, False],
+                      [False, False, True, True],
+                      [False, False, False, False]])
+    chosen = {mode: tuple(map(np.asarray, pose_sampling.choose(score, clear, mode)))
+              for mode in ("contact", "first", "one-shot")}
+    np.testing.assert_array_equal(chosen["contact"][0][:2], [1, 3])
+    np.testing.assert_array_equal(chosen["first"][0][:2], [0, 2])
+    np.testing.assert_array_equal(chosen["one-shot"][0], [0, 0, 0])
+    np.testing.assert_array_equal(chosen["one-shot"][1], [True, False, False])
+    for mode in ("contact", "first"):
+        np.testing.assert_array_equal(chosen[mode][1], [True, True, False])
+
+
 def test_choose_checked_prefers_most_directions_then_contact_order():
     held = np.array([[3, 6, 6, 2],   # two hold in all six: the first of them (better contact score)
                      [6, 1, 0, 0],   # the best-held one is invalid (not clear)

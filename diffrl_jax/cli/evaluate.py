@@ -11,6 +11,7 @@ import argparse
 import json
 
 from diffrl_jax.cli.common import non_negative_int, positive_int, typed_assignments
+from diffrl_jax.evaluation.selections import SELECTIONS
 
 
 def lift_protocol(items):
@@ -61,11 +62,12 @@ def add_command(commands) -> None:
     p.add_argument("--poses", type=positive_int, default=100, help="resting poses per object (default 100)")
     p.add_argument("--candidates", type=positive_int, default=256,
                    help="sampled grasps per pose (default 256; most put the hand through the table)")
-    p.add_argument("--select", choices=("check", "contact", "first"), default="check",
+    p.add_argument("--select", choices=SELECTIONS, default="check",
                    help="how to choose among table-clear candidates: check (the default: hold-test the "
                         "--check-top of best contact score in the object frame, take the one holding in "
                         "most directions; its physics steps are counted), contact (kinematic contact "
-                        "score only: no physics) or first")
+                        "score only: no physics), first (the first clear one) or one-shot (the first "
+                        "sample, clear or not: nothing simulated, nothing rejected)")
     p.add_argument("--check-top", type=positive_int, default=16, metavar="M",
                    help="--select check: clear candidates hold-tested per pose (default 16)")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")

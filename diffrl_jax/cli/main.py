@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from diffrl_jax.cli.common import (EXIT_USER_ERROR, add_distributed_options, join_processes, parse_assignments,
                                    positive_int, run_command, typed_assignments)
 from diffrl_jax.errors import DiffrlError
-from diffrl_jax.files import write_json_atomic, write_npz_atomic
+from diffrl_jax.files import write_json_atomic
 
 
 
@@ -88,9 +88,9 @@ def _cmd_data_example(args: argparse.Namespace) -> int:
 
 
 def _protocol_from_args(args: argparse.Namespace):
-    from diffrl_jax.sim.protocol import HoldProtocol, protocol
+    from diffrl_jax.sim.protocol import protocol
 
-    return protocol(args.protocol, **typed_assignments(args.set, "--set", HoldProtocol, "protocol"))
+    return protocol(args.protocol, **_hold_overrides(args))
 
 
 def _budget_from_args(args: argparse.Namespace):
@@ -99,113 +99,48 @@ def _budget_from_args(args: argparse.Namespace):
     return ObjectBudget(pieces=args.budget_pieces).validate()
 
 
-def _print_validation(report: dict) -> None:
-    header = f"{'object':<48} {'n':>5} {'success':>8} " + " ".join(f"{d:>5}" for d in report["directions"]) \
-        + f" {'pen. mm':>8}"
-    print(header)
-    print("-" * len(header))
-    for code, r in report["objects"].items():
-        dirs = " ".join(f"{x:>5.2f}" for x in r["direction_success"])
-        print(f"{code[:48]:<48} {r['n']:>5} {r['success_rate']:>8.3f} {dirs} {r['penetration_mm_median']:>8.2f}")
-    gps = report["grasps_per_s"]
-    print(f"protocol {report['protocol']['name']}, backend {report['backend']} on {report['device']}: "
-          f"{gps:.2f} grasps/s, {report['physics_steps_per_s']:.0f} physics steps/s, jit {report['jit_s']:.1f} s")
+def _hold_overrides(args: argparse.Namespace) -> dict:
+    from diffrl_jax.sim.protocol import HoldProtocol
+
+    return typed_assignments(args.set, "--set", HoldProtocol, "protocol")
+
+
+def validate_config_from_args(args: argparse.Namespace):
+    """The `workflows.dataset.ValidateRunConfig` of parsed `diffrl validate` arguments."""
+    from diffrl_jax.workflows.dataset import ValidateRunConfig
+
+    return ValidateRunConfig(
+        dataset=args.dir, objects=None if args.objects is None else tuple(args.objects), limit=args.limit,
+        protocol=args.protocol, hold=_hold_overrides(args), backend=args.backend,
+        budget_pieces=args.budget_pieces, groups=args.groups, group_size=args.group_size, threads=args.threads)
+
+
+def propose_config_from_args(args: argparse.Namespace):
+    """The `workflows.dataset.ProposeRunConfig` of parsed `diffrl propose` arguments."""
+    from diffrl_jax.workflows.dataset import ProposeRunConfig
+
+    return ProposeRunConfig(object=args.object, n=args.n, scale=args.scale, seed=args.seed,
+                            label=not args.no_label, protocol=args.protocol, hold=_hold_overrides(args),
+                            backend=args.backend, budget_pieces=args.budget_pieces)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    import pathlib
+    from diffrl_jax.workflows.dataset import run_validate, validation_table
+    from diffrl_jax.workflows.progress import TqdmBars
 
-    import jax
-    from tqdm import tqdm
-
-    from diffrl_jax import parallel
-    from diffrl_jax.data.dexgraspnet import load_dexgraspnet
-    from diffrl_jax.sim.validate import ChunkConfig, build_report, entries, process_entries, validate_share
-
-    protocol = _protocol_from_args(args)
-    budget = _budget_from_args(args)
-    chunk = ChunkConfig(groups=args.groups, group_size=args.group_size).validate()
-    out = pathlib.Path(args.out) if args.out else None
-    if out is not None and not out.parent.is_dir():
-        raise DiffrlError(f"directory {out.parent} does not exist")
-    dataset = load_dexgraspnet(args.dir, objects=args.objects)
-    pid, processes = jax.process_index(), jax.process_count()
-    total = sum(len(e.rows) for e in process_entries(entries(dataset, args.limit), chunk.group_size))
-    desc = f"validating ({args.backend})" + (f" [process {pid}/{processes}]" if processes > 1 else "")
-    with tqdm(total=total, desc=desc, unit="grasp", file=sys.stderr, disable=None) as bar:
-        mine, timings = validate_share(dataset, protocol, backend=args.backend, budget=budget,
-                                       chunk=chunk, limit=args.limit, nthread=args.threads,
-                                       progress=bar.update)
-    if processes > 1 and out is not None:  # each process keeps its own part beside the report
-        write_npz_atomic(out.with_name(f"{out.stem}.part-{pid}-of-{processes}.npz"),
-                         dict(mine, jit_s=timings["jit_s"], run_s=timings["run_s"]))
-    rows = parallel.allgather_rows(mine)
-    report = build_report(dataset, protocol, args.backend, rows, parallel.allgather_max(timings))
-    if pid != 0:
+    report = run_validate(validate_config_from_args(args), out=args.out, bars=TqdmBars())
+    if report is None:
         return 0  # process 0 writes and prints the merged result
-    if out is not None:
-        write_json_atomic(out, report)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        _print_validation(report)
+    print(json.dumps(report, indent=2) if args.json else "\n".join(validation_table(report)))
     return 0
 
 
 def _cmd_propose(args: argparse.Namespace) -> int:
-    import pathlib
+    from diffrl_jax.workflows.dataset import run_propose
+    from diffrl_jax.workflows.progress import TqdmBars
 
-    import numpy as np
-
-    from diffrl_jax.data.dexgraspnet import GraspDataset, load_dexgraspnet, write_dexgraspnet, write_mesh
-    from diffrl_jax.data.example import object_mesh_pieces, obj_text
-    from diffrl_jax.objects import assets
-    from diffrl_jax.scene import build_scene
-    from diffrl_jax.sim.propose import propose_grasps
-    from diffrl_jax.sim.validate import ChunkConfig, validate_dataset
-
-    protocol = _protocol_from_args(args)
-    budget = _budget_from_args(args)
-    if args.object.startswith("builtin:"):
-        name = args.object.split(":", 1)[1]
-        obj = assets.builtin_object(name)
-        pieces = object_mesh_pieces(obj)
-        scale = 1.03 * max(np.linalg.norm(p, axis=1).max() for p in pieces)
-        code = f"builtin-{name}"
-        mesh_text = obj_text([p / scale for p in pieces])
-        obj = assets.ObjectAsset(code, tuple(assets.ConvexPiece(p) for p in pieces), mass=obj.mass)
-    else:
-        path = pathlib.Path(args.object)
-        if not path.is_file():
-            raise DiffrlError(f"{path}: no such mesh file (give builtin:NAME or an OBJ path)")
-        scale = args.scale
-        obj = assets.mesh_object(path, scale, density=protocol.physics.object_density)
-        code = path.parent.parent.name if path.parent.name == "coacd" else path.stem
-        mesh_text = path.read_text()
-    out = pathlib.Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise DiffrlError(f"{out} exists and is not a directory")
-    print(f"proposing {args.n} grasps on {code} ...", file=sys.stderr)
-    grasps = propose_grasps(build_scene(obj), args.n, seed=args.seed)
-    write_mesh(out, code, mesh_text)
-    dataset = GraspDataset(grasps=grasps, scales=np.full(len(grasps), scale),
-                           object_index=np.zeros(len(grasps), np.int32), object_codes=(code,),
-                           root=out)
-    labels = None
-    if not args.no_label:
-        from tqdm import tqdm
-
-        with tqdm(total=len(grasps), desc=f"labelling ({args.backend})", unit="grasp",
-                  file=sys.stderr, disable=None) as bar:
-            report, rows = validate_dataset(dataset, protocol, backend=args.backend, budget=budget,
-                                            chunk=ChunkConfig(), progress=bar.update)
-        labels = {"success": rows["success"]}
-        r = report["objects"][code]
-        print(f"{code}: {r['success_rate']:.3f} of {r['n']} proposals hold ({protocol.name})",
-              file=sys.stderr)
-    write_dexgraspnet(out, dataset, labels=labels)
-    load_dexgraspnet(out, objects=[code])  # the written directory reads back
-    print(f"wrote {len(grasps)} grasps of {code} to {out}")
+    result = run_propose(propose_config_from_args(args), args.out, bars=TqdmBars())
+    print(f"wrote {result['n']} grasps of {result['code']} to {result['out']}")
     return 0
 
 
@@ -423,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "skips finished stages and resumes an interrupted one.",
     )
     pipeline.add_arguments(pipeline_parser)
-    pipeline_parser.set_defaults(func=pipeline.run_from_args, run_cli=run_in_process)
+    pipeline_parser.set_defaults(func=pipeline.run_from_args)
 
     bench_parser = commands.add_parser(
         "bench",
@@ -441,11 +376,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--json", action="store_true", help="print one JSON object")
     bench_parser.set_defaults(func=_cmd_bench, out_is_file=True)
     return parser
-
-
-def run_in_process(argv: Sequence[str]) -> int:
-    """`diffrl ARGV` in this process, as `diffrl` runs it (under the lock on its output); errors raise."""
-    return run_command(build_parser().parse_args(list(argv)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,7 @@
 """`diffrl pipeline` (and experiments/pipeline.py): the shell of `workflows.pipeline.run_pipeline`.
 
-Parses the flags into a `PipelineConfig`, draws progress on stderr, runs the
-stages that are still `diffrl` commands through this command line, and
-prints the summary.
+Parses the flags into a `PipelineConfig`, draws progress on stderr, runs
+`workflows.pipeline.run_pipeline` and prints the summary.
 """
 
 from __future__ import annotations
@@ -30,8 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Runs the pipeline of parsed arguments; `args.run_cli(argv)` runs the stages that are still
-    `diffrl` commands (`cli.main.run_in_process`, set as a parser default)."""
+    """Runs the pipeline of parsed arguments."""
     from diffrl_jax.workflows.progress import TqdmBars
 
     config = config_from(args.preset, args.dataset, args.objects, parse_assignments(args.set, "--set"))
@@ -39,8 +37,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     def on_stage(stage, what):
         print(f"[pipeline] {stage}: {what}", file=sys.stderr, flush=True)
 
-    summary = run_pipeline(args.out, config, stop_after=args.stop_after, on_stage=on_stage, run_cli=args.run_cli,
-                           bars=TqdmBars())
+    summary = run_pipeline(args.out, config, stop_after=args.stop_after, on_stage=on_stage, bars=TqdmBars())
     if summary is None:
         print(f"stopped after {args.stop_after}; rerun the same command to continue", file=sys.stderr)
         return 0

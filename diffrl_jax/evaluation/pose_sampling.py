@@ -16,6 +16,9 @@ rest, one is chosen (`select`):
   a short check of the grasp alone, not a rehearsal of the lift: every one
   of its physics steps is counted in `check_physics_steps`.
 - "first": the first clear candidate.
+- "one-shot": the first candidate, clear or not: nothing is simulated or
+  rejected, so a sample through the table is a failed pose. The figure of a
+  sampler that is used as it is.
 
 The chosen grasp is executed by the lift protocol (the backend's `lift`); a pose
 with no clear candidate counts as a failure.
@@ -36,11 +39,11 @@ import numpy as np
 
 from diffrl_jax import configs
 from diffrl_jax.configs import choice, integer, non_negative
+from diffrl_jax.evaluation.selections import SELECTIONS
 from diffrl_jax.evaluation.stats import rate
 from diffrl_jax.sim import backends, bank, hold, lift
 from diffrl_jax.sim.protocol import HoldProtocol
 
-SELECTIONS = ("contact", "check", "first")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +103,11 @@ def contact_score(template: bank.SimTemplate, fields: bank.ObjectFields, grasps:
 def choose(score: jax.Array, clear: jax.Array, select: str = "contact") -> tuple[jax.Array, jax.Array]:
     """score, clear: [P, K] -> (chosen index [P], any clear [P]).
 
-    "contact": the clear candidate of lowest score; "first": the first clear one.
+    "contact": the clear candidate of lowest score; "first": the first clear one;
+    "one-shot": candidate 0, "any clear" then saying whether it is.
     """
+    if select == "one-shot":
+        return jnp.zeros(score.shape[:-1], jnp.int32), clear[..., 0]
     if select == "first":
         key = jnp.where(clear, jnp.arange(score.shape[-1])[None, :], score.shape[-1])
     else:

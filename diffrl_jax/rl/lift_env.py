@@ -36,7 +36,6 @@ from flax import struct
 
 from diffrl_jax import configs
 from diffrl_jax.configs import boolean, choice, finite, non_negative
-from diffrl_jax.data import grasps as grasp_lib
 from diffrl_jax.data import rotations
 from diffrl_jax.data.dexgraspnet import GraspDataset
 from diffrl_jax.errors import ConfigError
@@ -154,21 +153,6 @@ class HandFeatures(struct.PyTreeNode):
         return 1000.0 * jnp.maximum(-jnp.min(self.gaps), 0.0)
 
 
-def _hand_qpos(grasps: jax.Array) -> jax.Array:
-    """Grasps [..., 31] -> the hand's qpos [..., 28] (wrist 6, fingers 22)."""
-    return jnp.concatenate([grasp_lib.wrist_qpos(grasps), grasps[..., grasp_lib.JOINTS]], -1)
-
-
-def _lowest_point(template: LiftTemplate, d) -> jax.Array:
-    """World z [] of the lowest point of the hand's capsules and boxes in kinematics `d`
-    (`lift.hand_lowest_point`'s geometry, on data already computed)."""
-    size = template.scene.model.geom_size
-    caps, boxes = template.hand_capsules, template.hand_boxes
-    cap_z = d.geom_xpos[caps, 2] - size[caps, 1] * jnp.abs(d.geom_xmat[caps, 2, 2]) - size[caps, 0]
-    box_z = d.geom_xpos[boxes, 2] - jnp.einsum("gi,gi->g", jnp.abs(d.geom_xmat[boxes, 2, :]), size[boxes])
-    return jnp.minimum(jnp.min(cap_z), jnp.min(box_z))
-
-
 def hand_features(template: LiftTemplate, fields: ObjectFields, world_grasp: jax.Array,
                   pose: jax.Array) -> HandFeatures:
     """`HandFeatures` of world_grasp [31] on one object (`fields`) at pose [7].
@@ -180,16 +164,14 @@ def hand_features(template: LiftTemplate, fields: ObjectFields, world_grasp: jax
     """
     mjx = import_mjx()
     scene = template.scene
-    pre = lift.pregrasp(template.protocol, world_grasp)
-    opened = world_grasp.at[grasp_lib.JOINTS].set(pre[grasp_lib.JOINTS])
-    hands = jnp.stack([_hand_qpos(pre), _hand_qpos(opened), _hand_qpos(world_grasp)])  # [3, 28]
+    hands = lift.clearance_configs(template.protocol, world_grasp)  # [3, 28]
     blank = template.blank_data
 
     def placed(hand_qpos):
         d = blank.replace(qpos=jnp.asarray(blank.qpos).at[scene.hand_qpos].set(hand_qpos.astype(blank.qpos.dtype)))
         d = mjx.kinematics(template.mjx_model, d)
         points, _, _ = hold.capsule_points(template, d)  # world; the hand's tree ignores the object
-        return points, _lowest_point(template, d)
+        return points, lift.hand_lowest_in(template, d)
 
     points, low = jax.vmap(placed)(hands)
     points = points[2]

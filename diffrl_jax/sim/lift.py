@@ -383,21 +383,33 @@ def _hand_qpos(grasps: jax.Array) -> jax.Array:
     return jnp.concatenate([grasp_lib.wrist_qpos(grasps), grasps[..., grasp_lib.JOINTS]], -1)
 
 
+def hand_lowest_in(template: LiftTemplate, d) -> jax.Array:
+    """World z [] of the lowest point of the hand's collision capsules and boxes in
+    `d`, MJX data whose kinematics are computed (`geom_xpos`, `geom_xmat`)."""
+    size = template.scene.model.geom_size
+    caps, boxes = template.hand_capsules, template.hand_boxes
+    cap_z = d.geom_xpos[caps, 2] - size[caps, 1] * jnp.abs(d.geom_xmat[caps, 2, 2]) - size[caps, 0]
+    box_z = d.geom_xpos[boxes, 2] - jnp.einsum("gi,gi->g", jnp.abs(d.geom_xmat[boxes, 2, :]), size[boxes])
+    return jnp.minimum(jnp.min(cap_z), jnp.min(box_z))
+
+
 def hand_lowest_point(template: LiftTemplate, hand_qpos: jax.Array) -> jax.Array:
     """World z [] of the lowest point of the hand's collision capsules and boxes.
 
     hand_qpos: [28] wrist (6) and finger (22) joints; vmappable.
     """
     mjx = import_mjx()
-    scene = template.scene
     d = template.blank_data
-    d = d.replace(qpos=jnp.asarray(d.qpos).at[scene.hand_qpos].set(hand_qpos))
-    d = mjx.kinematics(template.mjx_model, d)
-    size = scene.model.geom_size
-    caps, boxes = template.hand_capsules, template.hand_boxes
-    cap_z = (d.geom_xpos[caps, 2] - size[caps, 1] * jnp.abs(d.geom_xmat[caps, 2, 2]) - size[caps, 0])
-    box_z = d.geom_xpos[boxes, 2] - jnp.einsum("gi,gi->g", jnp.abs(d.geom_xmat[boxes, 2, :]), size[boxes])
-    return jnp.minimum(jnp.min(cap_z), jnp.min(box_z))
+    d = d.replace(qpos=jnp.asarray(d.qpos).at[template.scene.hand_qpos].set(hand_qpos))
+    return hand_lowest_in(template, mjx.kinematics(template.mjx_model, d))
+
+
+def clearance_configs(protocol: LiftProtocol, world_grasps: jax.Array) -> jax.Array:
+    """World grasps [..., 31] -> the hand qpos [..., 3, 28] whose lowest point bounds the
+    approach: open at the pre-grasp, open at the grasp, closed at the grasp."""
+    pre = pregrasp(protocol, world_grasps)
+    opened_at_grasp = world_grasps.at[..., grasp_lib.JOINTS].set(pre[..., grasp_lib.JOINTS])
+    return jnp.stack([_hand_qpos(pre), _hand_qpos(opened_at_grasp), _hand_qpos(world_grasps)], -2)
 
 
 def table_clearance(template: LiftTemplate, world_grasps: jax.Array) -> jax.Array:
@@ -406,14 +418,12 @@ def table_clearance(template: LiftTemplate, world_grasps: jax.Array) -> jax.Arra
     The minimum over the open hand at the pre-grasp and at the grasp (the
     approach is a straight line at a fixed orientation, so the open hand's
     lowest point along it is at one of its ends) and the closed hand at the
-    grasp. Negative: the hand would pass through the table. Reject grasps
-    with `clearance < protocol.table_margin_m`.
+    grasp (`clearance_configs`). Negative: the hand would pass through the
+    table. Reject grasps with `clearance < protocol.table_margin_m`.
     """
     batch = world_grasps.shape[:-1]
     grasps = jnp.asarray(world_grasps).reshape(-1, grasp_lib.GRASP_DIM)
-    pre = pregrasp(template.protocol, grasps)
-    opened_at_grasp = grasps.at[:, grasp_lib.JOINTS].set(pre[:, grasp_lib.JOINTS])
-    configs = jnp.stack([_hand_qpos(pre), _hand_qpos(opened_at_grasp), _hand_qpos(grasps)], 1)  # [B, 3, 28]
+    configs = clearance_configs(template.protocol, grasps)  # [B, 3, 28]
     low = jax.vmap(jax.vmap(functools.partial(hand_lowest_point, template)))(configs)
     return (jnp.min(low, axis=1) - TABLE_TOP).reshape(batch)
 

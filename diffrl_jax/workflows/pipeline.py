@@ -6,11 +6,11 @@ directory; `experiments/pipeline.py` (also `diffrl pipeline`) is its shell:
     python experiments/pipeline.py --preset quick --out runs/quick
     diffrl pipeline --preset paper --dataset ../shared/data/dexgraspnet --out runs/paper
 
-The stages, each what one `diffrl` command does, run in this process: refine
-calls its workflow function (`workflows.refine.run_refine`) with a typed
-config; the others still run their `diffrl` command through the `run_cli`
-the shell passes. Each stage's stdout.txt starts with the equivalent
-`$ diffrl ...` line, so a stage here is exactly what a user runs by hand:
+The stages, each what one `diffrl` command does, run in this process: each
+calls its workflow function (`workflows.dataset`, `.refine`, `.diffusion`,
+`.evaluate`) with a typed config. Each stage's stdout.txt starts with the
+equivalent `$ diffrl ...` line, so a stage here is exactly what a user runs
+by hand:
 
     dataset   builtin: grasp proposals closed in simulation (`diffrl propose`);
               a DexGraspNet directory is read where it is
@@ -94,7 +94,7 @@ class PipelineConfig:
     # Sampled grasps per pose: most put the hand through the table. 16 left
     # 64-72% of poses without a clear one; 1024 left at most 8%.
     eval_candidates: int = 1024
-    eval_select: str = "check"  # `diffrl evaluate --select`: check, contact or first
+    eval_select: str = "check"  # `diffrl evaluate --select`: one of `evaluation.selections.SELECTIONS`
     eval_check_top: int = 32  # candidates hold-tested per pose with "check"
     videos: int = 1  # mp4s of successes and of failures per object (0: none)
     seed: int = 0
@@ -124,8 +124,10 @@ class PipelineConfig:
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.eval_select not in ("check", "contact", "first"):
-            raise ConfigError(f"eval_select must be check, contact or first, got {self.eval_select!r}")
+        from diffrl_jax.evaluation.selections import SELECTIONS
+
+        if self.eval_select not in SELECTIONS:
+            raise ConfigError(f"eval_select must be one of {', '.join(SELECTIONS)}; got {self.eval_select!r}")
         if self.refine_explore is not None and not (
                 isinstance(self.refine_explore, (int, float)) and math.isfinite(self.refine_explore)
                 and self.refine_explore >= 0):
@@ -214,12 +216,10 @@ def config_from(preset: str, dataset: str | None, objects: Sequence[str] | None,
 class Run:
     """A pipeline run directory: its config, its finished stages, its files."""
 
-    def __init__(self, out, config: PipelineConfig, run_cli: Callable[[list[str]], object] | None = None,
-                 bars: Callable = no_bars):
+    def __init__(self, out, config: PipelineConfig, bars: Callable = no_bars):
         self.out = pathlib.Path(out)
         self.config = config
         self.state = {"config": config.to_json(), "stages": {}}
-        self.run_cli = run_cli
         self.bars = bars
 
     @property
@@ -272,13 +272,6 @@ class Run:
         with append_log(log_dir / "stdout.txt") as log, contextlib.redirect_stdout(log):
             print(f"$ diffrl {' '.join(argv)}", flush=True)
             run()
-
-    def command(self, stage: str, argv: list[str]) -> None:
-        """Runs `diffrl ARGV` in this process through `run_cli` (its stdout as `call`'s)."""
-        if self.run_cli is None:
-            raise ConfigError(f"the {stage} stage runs `diffrl {argv[0]}`: run_pipeline needs run_cli "
-                              "(experiments/pipeline.py passes the command line's)")
-        self.call(stage, argv, lambda: self.run_cli(argv))  # its lock is covered by the run's
 
     def refine_config(self):
         """The refine stage's `RefineRunConfig` (what `refine_argv` says on the command line)."""
@@ -359,6 +352,8 @@ def _typed(config, items, what: str) -> dict:
 
 
 def stage_dataset(run: Run) -> None:
+    from diffrl_jax.workflows.dataset import run_propose
+
     c = run.config
     if c.dataset != "builtin":
         run.codes()  # the directory loads (clear errors otherwise); nothing is copied
@@ -367,15 +362,67 @@ def stage_dataset(run: Run) -> None:
 
     with staged_directory(run.raw) as staging:
         for k, name in enumerate(c.objects):
-            run.command("dataset", ["propose", "--object", f"builtin:{name}", "--n", str(c.proposals),
-                                    "--out", str(staging), "--seed", str(c.seed + k), "--no-label"])
+            config = propose_config(run, name, k)
+
+            def propose(config=config):
+                result = _locked(staging, "diffrl propose", lambda: run_propose(config, staging, bars=run.bars))
+                print(f"wrote {result['n']} grasps of {result['code']} to {result['out']}")
+
+            run.call("dataset", propose_argv(config, staging), propose)
+
+
+def propose_config(run: Run, name: str, k: int):
+    """The dataset stage's `ProposeRunConfig` of built-in object `name` (the `k`-th)."""
+    from diffrl_jax.workflows.dataset import ProposeRunConfig
+
+    c = run.config
+    return ProposeRunConfig(object=f"builtin:{name}", n=c.proposals, seed=c.seed + k, label=False)
+
+
+def propose_argv(config, out) -> list[str]:
+    """`diffrl propose ...` equivalent to a dataset stage call of `config` (printed as its record)."""
+    return ["propose", "--object", config.object, "--n", str(config.n), "--out", str(out),
+            "--seed", str(config.seed), "--no-label"]
+
+
+def validate_config(run: Run, dataset, selection: bool = True):
+    """The `ValidateRunConfig` of a hold test of `dataset` under the run's protocol (what
+    `validate_argv` says); `selection`: the run's --objects/--limit (the raw dataset's)."""
+    from diffrl_jax.sim.protocol import HoldProtocol
+    from diffrl_jax.workflows.dataset import ValidateRunConfig
+
+    c = run.config
+    objects = tuple(c.objects) if selection and c.dataset != "builtin" and c.objects else None
+    return ValidateRunConfig(dataset=str(dataset), objects=objects, limit=c.limit if selection else None,
+                             protocol=c.protocol, hold=_typed(HoldProtocol, run._hold_items(), "protocol"),
+                             backend=c.backend, budget_pieces=c.budget_pieces)
+
+
+def validate_argv(run: Run, dataset, out, selection: bool = True) -> list[str]:
+    """`diffrl validate ...` equivalent to `validate_config` (printed as its record)."""
+    c = run.config
+    return ["validate", str(dataset), "--backend", c.backend, "--protocol", c.protocol,
+            "--budget-pieces", str(c.budget_pieces), *(run._selection() if selection else []),
+            *run._hold_sets(), "--out", str(out)]
+
+
+def _validate(run: Run, stage: str, dataset, selection: bool = True) -> None:
+    """The hold test of `dataset` into RUN_DIR/<stage>/report.json, as `diffrl validate` runs it."""
+    from diffrl_jax.workflows.dataset import run_validate, validation_table
+
+    config, out = validate_config(run, dataset, selection), run.path(stage, "report.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def validate():
+        report = _locked(out, "diffrl validate", lambda: run_validate(config, out=out, bars=run.bars))
+        if report is not None:
+            print("\n".join(validation_table(report)))
+
+    run.call(stage, validate_argv(run, dataset, out, selection), validate)
 
 
 def stage_validate(run: Run) -> None:
-    c = run.config
-    run.command("validate", ["validate", str(run.raw), "--backend", c.backend, "--protocol", c.protocol,
-                             "--budget-pieces", str(c.budget_pieces), *run._selection(), *run._hold_sets(),
-                             "--out", str(run.path("validate", "report.json"))])
+    _validate(run, "validate", run.raw)
 
 
 def stage_refine(run: Run) -> None:
@@ -468,7 +515,6 @@ def sample_config(run: Run, code: str):
 def stage_sample(run: Run) -> None:
     from diffrl_jax.workflows.diffusion import run_sample, sample_message
 
-    c = run.config
     samples = run.path("sample", "grasps")
     shutil.rmtree(samples, ignore_errors=True)
     for code in trained_codes(run):
@@ -478,9 +524,7 @@ def stage_sample(run: Run) -> None:
             print(sample_message(summary))
 
         run.call("sample", sample_argv(run, code), sample)
-    run.command("sample", ["validate", str(samples), "--backend", c.backend, "--protocol", c.protocol,
-                           "--budget-pieces", str(c.budget_pieces), *run._hold_sets(),
-                           "--out", str(run.path("sample", "report.json"))])
+    _validate(run, "sample", samples, selection=False)
 
 
 def evaluate_argv(run: Run) -> list[str]:
@@ -648,20 +692,18 @@ STAGE_FUNCTIONS: dict[str, Callable[[Run], None]] = {
 
 
 def run_pipeline(out, config: PipelineConfig, stop_after: str | None = None,
-                 on_stage: Callable[[str, str], None] | None = None, *,
-                 run_cli: Callable[[list[str]], object] | None = None, bars: Callable = no_bars) -> dict | None:
+                 on_stage: Callable[[str, str], None] | None = None, *, bars: Callable = no_bars) -> dict | None:
     """Runs (or resumes) the stages into `out`; the summary, or None when stopped early.
 
     `on_stage(stage, what)`: each stage as it starts (or is skipped);
-    `run_cli(argv)`: runs `diffrl ARGV` for the stages that have no workflow
-    function yet; `bars`: the stages' progress bars (`workflows.progress`).
+    `bars`: the stages' progress bars (`workflows.progress`).
     """
     if stop_after is not None and stop_after not in STAGES[:-1]:
         raise ConfigError(f"--stop-after must be one of {STAGES}, got {stop_after!r}")
     from diffrl_jax.files import run_lock
 
     with run_lock(out, "diffrl pipeline"):  # already held when `diffrl pipeline` runs this (re-entrant)
-        return _run_stages(Run(out, config, run_cli, bars), stop_after, on_stage)
+        return _run_stages(Run(out, config, bars), stop_after, on_stage)
 
 
 def _run_stages(run: Run, stop_after: str | None, on_stage) -> dict | None:

@@ -1,6 +1,6 @@
 """PPO's learner state and training steps: init, rollout, iteration, blocks of
 iterations, and their sharding over a device mesh. Pure and jittable; the
-host-side loop (progress, evaluation, checkpoints) lives in `diffrl_jax.cli.refine`.
+host-side loop (progress, evaluation, checkpoints) lives in `diffrl_jax.workflows.refine`.
 
 - All learner state is one pytree, `TrainState`: network params, optimiser
   state, observation normaliser, the batched env state with its per-env
