@@ -26,7 +26,8 @@ def test_evaluate_writes_summary_and_records(tmp_path, capsys):
     capsys.readouterr()
     out = tmp_path / "eval"
     argv = ["evaluate", str(ckpt), "--objects", BOTTLE, "builtin:box", "--poses", "2", "--candidates", "4",
-            "--backend", "mujoco", "--budget-pieces", "8", "--videos", "0", "--out", str(out), "--json"]
+            "--backend", "mujoco", "--budget-pieces", "8", "--videos", "0", "--out", str(out), "--json",
+            "--select", "check", "one-shot", "first"]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     summary = json.loads((out / "summary.json").read_text())
@@ -51,6 +52,21 @@ def test_evaluate_writes_summary_and_records(tmp_path, capsys):
         assert o["select"] == "check"
         checked = sum(r["checked"] for r in records if r["object"] == o_code(summary, o))
         assert o["check_physics_steps"] == checked * 775  # the strict hold test's steps per grasp
+        # Every mode on the same poses and samples; only check spends physics steps choosing.
+        modes = o["pose_sampling"]
+        assert list(modes) == ["check", "one-shot", "first"]
+        assert modes["check"]["physics_steps_choosing"] == o["check_physics_steps"]
+        assert modes["one-shot"]["physics_steps_choosing"] == modes["first"]["physics_steps_choosing"] == 0
+        assert modes["check"]["success"] == o["rate"] and modes["check"]["n_poses"] == 2
+        for m in modes.values():
+            assert 0.0 <= m["ci95"][0] <= m["success"] <= m["ci95"][1] <= 1.0
+    for r in records:
+        one_shot, first = r["compare"]["one-shot"], r["compare"]["first"]
+        assert one_shot["chosen"] == 0
+        if one_shot["success"]:  # the first sample was clear: first chose it too, and lifted it alike
+            assert first["chosen"] == 0 and first["success"]
+    assert list(summary["mean"]["pose_sampling"]) == ["check", "one-shot", "first"]
+    assert summary["config"]["compare"] == ["one-shot", "first"]
     # A finished evaluation is never overwritten.
     assert main(argv) == 2
     assert "already holds an evaluation" in capsys.readouterr().err
@@ -70,8 +86,15 @@ def test_evaluate_writes_summary_and_records(tmp_path, capsys):
     (["evaluate", "/nonexistent", "--out", "/tmp/never"], "/nonexistent"),
     (["evaluate", "/nonexistent", "--out", "/tmp/never", "--set", "lift_height_m=0.1"], "exceeds the lift height"),
     (["evaluate", "/nonexistent", "--out", "/tmp/never", "--set", "lift_hieght_m=1"], "unknown lift protocol field"),
+    (["evaluate", "/nonexistent", "--out", "/tmp/never", "--select", "check", "check"], "modes must differ"),
 ])
 def test_bad_input_exits_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_unknown_selection_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "/nonexistent", "--out", "/tmp/never", "--select", "check", "best"])
+    assert e.value.code == 2 and "invalid choice: 'best'" in capsys.readouterr().err

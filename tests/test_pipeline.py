@@ -84,6 +84,14 @@ def test_summary_has_the_figures_of_every_stage(run, capsys):
     assert o["kept_fraction"] == refine["objects"][BOTTLE]["kept_fraction"]
     assert o["adapted_success"] == refine["objects"][BOTTLE]["adapted_success"]
     assert o["pose_sampling_success"] == evaluate["objects"][BOTTLE]["rate"] and o["n_poses"] == 2
+    # Every selection mode that ran (the preset's check, then one-shot), on the same poses and samples.
+    assert list(o["pose_sampling"]) == ["check", "one-shot"]
+    assert o["pose_sampling"]["check"]["success"] == o["pose_sampling_success"]
+    assert o["pose_sampling"]["one-shot"]["physics_steps_choosing"] == 0
+    for mode, m in o["pose_sampling"].items():
+        assert m["n_poses"] == 2 and 0.0 <= m["ci95"][0] <= m["success"] <= m["ci95"][1] <= 1.0
+        assert summary["mean"]["pose_sampling"][mode]["success"] == m["success"]
+    assert "## Pose sampling by selection" in (out / "report.md").read_text()
     for key in pipeline.RATE_KEYS:
         assert 0.0 <= o[key] <= 1.0, key
         assert summary["mean"][key] == o[key]  # one object: its mean is itself

@@ -28,7 +28,8 @@ def config_from_args(args: argparse.Namespace):
     return EvaluateRunConfig(
         checkpoint=args.checkpoint, protocol=lift_protocol(args.set),
         objects=None if args.objects is None else tuple(args.objects), scale=args.scale, poses=args.poses,
-        candidates=args.candidates, select=args.select, check_top=args.check_top, sampler=args.sampler,
+        candidates=args.candidates, select=args.select[0], compare=tuple(args.select[1:]),
+        check_top=args.check_top, sampler=args.sampler,
         steps=args.steps, backend=args.backend, threads=args.threads, budget_pieces=args.budget_pieces,
         seed=args.seed, videos=args.videos)
 
@@ -62,8 +63,9 @@ def add_command(commands) -> None:
     p.add_argument("--poses", type=positive_int, default=100, help="resting poses per object (default 100)")
     p.add_argument("--candidates", type=positive_int, default=256,
                    help="sampled grasps per pose (default 256; most put the hand through the table)")
-    p.add_argument("--select", choices=SELECTIONS, default="check",
-                   help="how to choose among table-clear candidates: check (the default: hold-test the "
+    p.add_argument("--select", choices=SELECTIONS, default=["check"], nargs="+",
+                   help="how to choose among table-clear candidates; several modes run on the same poses "
+                        "and samples, the first one's records and videos kept: check (the default: hold-test the "
                         "--check-top of best contact score in the object frame, take the one holding in "
                         "most directions; its physics steps are counted), contact (kinematic contact "
                         "score only: no physics), first (the first clear one) or one-shot (the first "

@@ -21,7 +21,9 @@ rest, one is chosen (`select`):
   sampler that is used as it is.
 
 The chosen grasp is executed by the lift protocol (the backend's `lift`); a pose
-with no clear candidate counts as a failure.
+with no clear candidate counts as a failure. `compare` names further modes run
+on the same poses and samples, each with its own choice and lift, so modes
+differ only in how they choose.
 
 The functions that score and choose are pure and jittable; `evaluate_object`
 is the host loop that calls them.
@@ -39,6 +41,7 @@ import numpy as np
 
 from diffrl_jax import configs
 from diffrl_jax.configs import choice, integer, non_negative
+from diffrl_jax.errors import ConfigError
 from diffrl_jax.evaluation.selections import SELECTIONS
 from diffrl_jax.evaluation.stats import rate
 from diffrl_jax.sim import backends, bank, hold, lift
@@ -64,9 +67,21 @@ class PoseSamplingConfig:
     guidance: float = 1.0
     penetration_weight: float = non_negative(1.0)  # of the contact score: penetration m + weight-free tip gap m
     seed: int = 0
+    compare: tuple[str, ...] = ()  # further modes on the same poses and samples
 
     def validate(self) -> "PoseSamplingConfig":
-        return configs.check(self, "pose sampling")
+        configs.check(self, "pose sampling")
+        compare = self.compare
+        if not (isinstance(compare, tuple) and all(m in SELECTIONS for m in compare)):
+            raise ConfigError(f"pose sampling compare must be a tuple of modes from {SELECTIONS}, got {compare!r}")
+        if len(set((self.select, *compare))) != 1 + len(compare):
+            raise ConfigError(f"pose sampling modes must differ, got select {self.select!r} and compare {compare!r}")
+        return self
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The selection modes that run: `select` (the records' and videos'), then `compare`."""
+        return (self.select, *self.compare)
 
 
 def contact_score(template: bank.SimTemplate, fields: bank.ObjectFields, grasps: jax.Array,
@@ -214,49 +229,72 @@ def evaluate_object(template: lift.LiftTemplate, prepared: bank.PreparedObject, 
     t = time.perf_counter()
     world, clear, score, clearance = _prepare(template, fields, poses.astype(np.float32),
                                               float(config.penetration_weight), grasps)
-    checked = np.zeros(config.poses, int)
-    check_held = np.full(config.poses, -1)
-    check_steps = 0
-    if config.select == "check":
-        short, valid = jax.device_get(shortlist(score, clear, config.check_top))
-        rows = np.nonzero(valid)
-        held = np.zeros(valid.shape, int)
-        if len(rows[0]):
-            held[rows] = _check(template, prepared, grasps[rows[0], short[rows]], backend, valid.size)
-        column = choose_checked(held, valid)
-        index = short[np.arange(config.poses), column]
-        any_clear = valid.any(axis=-1)
-        checked = valid.sum(axis=-1)
-        check_held = np.where(any_clear, held[np.arange(config.poses), column], -1)
-        check_steps = int(checked.sum()) * hold_protocol_for(template.protocol).total_steps  # 6 directions
-    else:
-        index, any_clear = jax.device_get(choose(score, clear, config.select))
+    chosen = {mode: _choose(template, prepared, grasps, score, clear, mode, config, backend)
+              for mode in config.modes}
     world, clear, score, clearance = jax.device_get((world, clear, score, clearance))
-    pick = lambda x: np.take_along_axis(x, index[:, None], axis=1)[:, 0]  # noqa: E731
-    chosen = world[np.arange(config.poses), index]
-    score, clearance, clear_fraction = pick(score), pick(clearance), clear.mean(axis=-1)
+    clear_fraction = clear.mean(axis=-1)
     timings["select_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    result = backend.lift(template, prepared, poses, chosen)
+    protocol = template.protocol
+    rows = np.arange(config.poses)
+    lifted = {}
+    for mode, c in chosen.items():
+        result = backend.lift(template, prepared, poses, world[rows, c["index"]])
+        lifted[mode] = (result, np.asarray(result.success) & np.asarray(c["any_clear"]))
     timings["lift_s"] = time.perf_counter() - t
 
-    success = np.asarray(result.success) & np.asarray(any_clear)
-    protocol = template.protocol
+    lift_steps = int(config.poses * protocol.total_steps)
+    by_mode = {mode: {"success": float(success.mean()), "ci95": list(rate(int(success.sum()), config.poses)[k]
+                                                                    for k in ("ci_low", "ci_high")),
+                      "successes": int(success.sum()), "n_poses": config.poses,
+                      "no_clear_candidate": int((~np.asarray(chosen[mode]["any_clear"])).sum()),
+                      "physics_steps_choosing": chosen[mode]["check_steps"], "physics_steps_lifting": lift_steps}
+               for mode, (result, success) in lifted.items()}
+    c, (result, success) = chosen[config.select], lifted[config.select]
+    index = c["index"]
+    pick = lambda x: x[rows, index]  # noqa: E731
     records = [{
         "pose": i, "object_pose": [float(x) for x in poses[i]], "success": bool(success[i]),
         "clear_candidates": float(clear_fraction[i]), "chosen": int(index[i]),
-        "score_m": float(score[i]), "clearance_m": float(clearance[i]),
-        "checked": int(checked[i]), "check_directions_held": int(check_held[i]),
+        "score_m": float(pick(score)[i]), "clearance_m": float(pick(clearance)[i]),
+        "checked": int(c["checked"][i]), "check_directions_held": int(c["check_held"][i]),
         "lift_height_m": float(result.lift_height[i]), "slip_m": float(result.slip[i]),
-        "grasp": [float(x) for x in chosen[i]],
+        "grasp": [float(x) for x in world[i, index[i]]],
+        **({"compare": {mode: {"chosen": int(chosen[mode]["index"][i]), "success": bool(lifted[mode][1][i])}
+                        for mode in config.compare}} if config.compare else {}),
     } for i in range(config.poses)]
     summary = {
         **rate(int(success.sum()), config.poses),
-        "no_clear_candidate": int((~np.asarray(any_clear)).sum()),
+        "no_clear_candidate": by_mode[config.select]["no_clear_candidate"],
         "candidates": config.candidates, "select": config.select, "backend": backend.name,
-        "physics_steps": int(config.poses * (protocol.settle_steps + protocol.total_steps)) + check_steps,
-        "check_physics_steps": check_steps,
+        "physics_steps": int(config.poses * protocol.settle_steps)
+        + sum(m["physics_steps_choosing"] + m["physics_steps_lifting"] for m in by_mode.values()),
+        "check_physics_steps": c["check_steps"],
+        "pose_sampling": by_mode,
         "timings_s": timings,
     }
     return {"summary": summary, "records": records}
+
+
+def _choose(template: lift.LiftTemplate, prepared, grasps: np.ndarray, score, clear, mode: str,
+            config: PoseSamplingConfig, backend: backends.Backend) -> dict:
+    """One mode's choice per pose: {"index" [P], "any_clear" [P], "checked" [P] (candidates
+    hold-tested), "check_held" [P] (the chosen one's directions held, -1 unchecked), "check_steps"}."""
+    n_poses = score.shape[0]
+    if mode != "check":
+        index, any_clear = jax.device_get(choose(score, clear, mode))
+        return {"index": np.asarray(index), "any_clear": np.asarray(any_clear), "checked": np.zeros(n_poses, int),
+                "check_held": np.full(n_poses, -1), "check_steps": 0}
+    short, valid = jax.device_get(shortlist(score, clear, config.check_top))
+    rows = np.nonzero(valid)
+    held = np.zeros(valid.shape, int)
+    if len(rows[0]):
+        held[rows] = _check(template, prepared, grasps[rows[0], short[rows]], backend, valid.size)
+    column = choose_checked(held, valid)
+    index = short[np.arange(n_poses), column]
+    any_clear = valid.any(axis=-1)
+    checked = valid.sum(axis=-1)
+    return {"index": index, "any_clear": any_clear, "checked": checked,
+            "check_held": np.where(any_clear, held[np.arange(n_poses), column], -1),
+            "check_steps": int(checked.sum()) * hold_protocol_for(template.protocol).total_steps}  # 6 directions

@@ -42,7 +42,8 @@ class EvaluateRunConfig:
     scale: float | None = None  # for every object (default: each object's most common training scale)
     poses: int = 100
     candidates: int = 256
-    select: str = "check"
+    select: str = "check"  # the records' and videos' mode (`evaluation.selections.SELECTIONS`)
+    compare: tuple[str, ...] = ()  # further modes run on the same poses and samples
     check_top: int = 16
     sampler: str = "ddim"
     steps: int | None = None
@@ -175,7 +176,7 @@ def run_evaluate(config: EvaluateRunConfig, out, *, bars: Callable[..., Any] = n
     protocol = lift.DEFAULT if config.protocol is None else config.protocol
     sampling = pose_sampling.PoseSamplingConfig(
         poses=config.poses, candidates=config.candidates, select=config.select, check_top=config.check_top,
-        sampler=config.sampler, steps=config.steps, seed=config.seed).validate()
+        sampler=config.sampler, steps=config.steps, seed=config.seed, compare=tuple(config.compare)).validate()
     trained = pipeline.load_trained(config.checkpoint)
     names = list(config.objects or ()) or list(trained.dataset.get("object_codes", []))
     if not names:
@@ -213,7 +214,10 @@ def run_evaluate(config: EvaluateRunConfig, out, *, bars: Callable[..., Any] = n
     summary = {
         "objects": objects,
         "mean": {"rate": float(np.mean([o["rate"] for o in objects.values()])),
-                 "pooled": rate(successes, sum(o["n"] for o in objects.values()))},
+                 "pooled": rate(successes, sum(o["n"] for o in objects.values())),
+                 "pose_sampling": {mode: {"success": float(np.mean([o["pose_sampling"][mode]["success"]
+                                                                     for o in objects.values()]))}
+                                   for mode in sampling.modes}},
         "checkpoint": str(config.checkpoint), "checkpoint_step": trained.step,
         "config": dict(vars(sampling)),
         "protocol": configs.to_json(protocol),
@@ -253,6 +257,13 @@ def summary_lines(summary: dict, out) -> list[str]:
              for code, o in objects.items()]
     lines.append(f"mean {summary['mean']['rate']:.1%} over {len(objects)} object(s); {summary['seconds']:.0f} s; "
                  f"records in {out}")
+    modes = summary["mean"].get("pose_sampling", {})
+    if len(modes) > 1:  # every selection mode on the same poses and samples
+        for mode, m in modes.items():
+            per_object = ", ".join(f"{o['pose_sampling'][mode]['success']:.1%}" for o in objects.values())
+            steps = sum(o["pose_sampling"][mode]["physics_steps_choosing"] for o in objects.values())
+            lines.append(f"  --select {mode:<9} mean {m['success']:6.1%} ({per_object}); "
+                         f"{steps} physics steps choosing")
     if isinstance(summary["videos"], list):
         lines.append(f"{len(summary['videos'])} video(s) in {out / 'videos'}, "
                      f"{len(summary['grasp_images'])} grasp image(s) in {out / 'grasps'}")

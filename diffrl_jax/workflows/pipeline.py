@@ -95,6 +95,9 @@ class PipelineConfig:
     # 64-72% of poses without a clear one; 1024 left at most 8%.
     eval_candidates: int = 1024
     eval_select: str = "check"  # `diffrl evaluate --select`: one of `evaluation.selections.SELECTIONS`
+    # Further modes evaluated on the same poses and samples (`--select check one-shot`):
+    # one-shot is the sampler used as it is, nothing simulated or rejected.
+    eval_compare: tuple[str, ...] = ("one-shot",)
     eval_check_top: int = 32  # candidates hold-tested per pose with "check"
     videos: int = 1  # mp4s of successes and of failures per object (0: none)
     seed: int = 0
@@ -128,6 +131,10 @@ class PipelineConfig:
 
         if self.eval_select not in SELECTIONS:
             raise ConfigError(f"eval_select must be one of {', '.join(SELECTIONS)}; got {self.eval_select!r}")
+        unknown = [m for m in self.eval_compare if m not in SELECTIONS]
+        if unknown or len(set((self.eval_select, *self.eval_compare))) != 1 + len(self.eval_compare):
+            raise ConfigError(f"eval_compare must name modes of {', '.join(SELECTIONS)} other than eval_select "
+                              f"and each other; got {', '.join(self.eval_compare)!r}")
         if self.refine_explore is not None and not (
                 isinstance(self.refine_explore, (int, float)) and math.isfinite(self.refine_explore)
                 and self.refine_explore >= 0):
@@ -172,7 +179,7 @@ class PipelineConfig:
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
-        for name in ("objects", *GROUPS):
+        for name in ("objects", "eval_compare", *GROUPS):
             d[name] = list(getattr(self, name))
         return d
 
@@ -532,7 +539,7 @@ def evaluate_argv(run: Run) -> list[str]:
     c = run.config
     return ["evaluate", str(run.path("train")), "--out", str(run.path("evaluate")), "--objects",
             *trained_codes(run), "--poses", str(c.eval_poses), "--candidates", str(c.eval_candidates),
-            "--select", c.eval_select, "--check-top", str(c.eval_check_top), "--backend", c.backend,
+            "--select", c.eval_select, *c.eval_compare, "--check-top", str(c.eval_check_top), "--backend", c.backend,
             "--budget-pieces", str(c.budget_pieces), "--seed", str(c.seed), "--videos", str(c.videos),
             *run._lift_sets()]
 
@@ -546,7 +553,8 @@ def evaluate_config(run: Run):
     protocol = lift.DEFAULT.replace(**_typed(lift.LiftProtocol, run._lift_items(), "lift protocol"))
     return EvaluateRunConfig(
         checkpoint=str(run.path("train")), protocol=protocol, objects=tuple(trained_codes(run)),
-        poses=c.eval_poses, candidates=c.eval_candidates, select=c.eval_select, check_top=c.eval_check_top,
+        poses=c.eval_poses, candidates=c.eval_candidates, select=c.eval_select, compare=tuple(c.eval_compare),
+        check_top=c.eval_check_top,
         backend=c.backend, budget_pieces=c.budget_pieces, seed=c.seed, videos=c.videos)
 
 
@@ -592,6 +600,10 @@ def collect(run: Run) -> dict:
             "pose_sampling_ci95": [e["ci_low"], e["ci_high"]] if e else None,
             "n_raw": validate["objects"].get(code, {}).get("n"),
             "n_poses": e["n"] if e else None,
+            # Every selection mode that ran, on the same poses and samples: success, ci95,
+            # n_poses, physics_steps_choosing (`pose_sampling.evaluate_object`).
+            "pose_sampling": {mode: {k: m[k] for k in ("success", "ci95", "n_poses", "physics_steps_choosing")}
+                              for mode, m in e.get("pose_sampling", {}).items()} if e else {},
         }
     mean = {}
     for key in RATE_KEYS:
@@ -599,6 +611,10 @@ def collect(run: Run) -> dict:
         # An object the adapted dataset lost counts as 0 for its later stages.
         values = [0.0 if v is None else v for v in values] if any(v is not None for v in values) else []
         mean[key] = sum(values) / len(values) if values else None
+    modes = dict.fromkeys(mode for o in objects.values() for mode in o["pose_sampling"])
+    mean["pose_sampling"] = {mode: {"success": sum(o["pose_sampling"].get(mode, {}).get("success", 0.0)
+                                                   for o in objects.values()) / len(objects)}
+                             for mode in modes}
     timings = {s: round(run.state["stages"][s]["seconds"], 4) for s in STAGES if s in run.state["stages"]}
     record = _read(run.path("refine", "run.json")) or {}
     return {"objects": objects, "mean": mean, "timings_s": timings, "device": device_name(run.config.backend),
@@ -658,8 +674,23 @@ def report_markdown(run: Run, summary: dict) -> str:
               "re-validated from disk; kept: share of raw grasps the refiner kept (fixed or as they were); "
               "sampled: diffusion samples that pass the hold test; pose sampling: objects dropped on a "
               "table, one sampled grasp chosen per pose, lifted 20 cm and held 1 s.", "",
-              "![success per stage](success_by_stage.png)", "",
-              "## Timings", "", "| stage | seconds |", "|---|---|"]
+              "![success per stage](success_by_stage.png)", ""]
+    modes = list(m.get("pose_sampling", {}))
+    if modes:
+        lines += ["## Pose sampling by selection", "",
+                  "The same poses and samples, chosen by each mode: check hold-tests a shortlist "
+                  "(its physics steps are counted), one-shot takes the first sample as it is.", "",
+                  "| object | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
+        for code, o in summary["objects"].items():
+            cells = []
+            for mode in modes:
+                r = o["pose_sampling"].get(mode)
+                cells.append("-" if r is None else f"{r['success']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}], "
+                                                   f"{r['physics_steps_choosing']} steps choosing")
+            lines.append(f"| {code} | " + " | ".join(cells) + " |")
+        lines += ["| **mean** | " + " | ".join(_fmt(m["pose_sampling"][mode]["success"]) for mode in modes) + " |",
+                  ""]
+    lines += ["## Timings", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {s} | {t:.1f} |" for s, t in summary["timings_s"].items()]
     lines += ["", "## Learning curves", ""]
     for rel, title in (("refine/learning_curve.png", "PPO refiner"), ("train/loss.png", "diffusion training")):
@@ -734,6 +765,8 @@ def summary_lines(summary: dict, out) -> list[str]:
     lines = [f"{'object':<40} " + " ".join(f"{k.replace('_success', ''):>12}" for k in RATE_KEYS)]
     for code, o in list(summary["objects"].items()) + [("mean", summary["mean"])]:
         lines.append(f"{code[:40]:<40} " + " ".join(f"{_fmt(o[k]):>12}" for k in RATE_KEYS))
+    for mode, m in summary["mean"].get("pose_sampling", {}).items():
+        lines.append(f"pose sampling, --select {mode}: mean {_fmt(m['success'])}")
     total = sum(summary["timings_s"].values())
     lines.append(f"{total:.0f} s of stages on {summary['device']}; report: {pathlib.Path(out) / 'report.md'}")
     return lines
