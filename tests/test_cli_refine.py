@@ -1,9 +1,12 @@
-"""`diffrl refine` end to end on a few shared bottle grasps (MuJoCo-C backend), resume, bad input."""
+"""`diffrl refine` end to end on a few shared bottle grasps (MuJoCo-C backend), resume, bad input.
+
+A refine killed mid-training and resumed is tested in test_fault_injection (the pipeline
+SIGKILLed after refine's first checkpoint, every file compared with an uninterrupted run);
+test_ppo checks that a checkpointed state resumes bitwise.
+"""
 
 import json
-import shutil
 
-import jax
 import numpy as np
 import pytest
 
@@ -76,28 +79,18 @@ def test_refine_writes_every_output(run):
 
 
 @requires_shared_data
-@pytest.mark.slow
-def test_killed_run_resumes_to_the_same_end(run, tmp_path):
-    """A run stopped after its first checkpoint and resumed ends bitwise where the full run did."""
-    from diffrl_jax import checkpoint
+def test_checkpoint_restores_from_the_run_directory_alone(run):
+    """`state_template(run_dir)` rebuilds the TrainState from run.json: the last checkpoint
+    restores into it, at the run's last iteration, with finite parameters."""
+    import jax
 
-    killed = tmp_path / "killed"
-    shutil.copytree(run, killed)
-    shutil.rmtree(killed / "checkpoints" / "4")
-    for name in ("summary.json", "adaptation.npz", "learning_curve.png"):
-        (killed / name).unlink()
-    shutil.rmtree(killed / "adapted", ignore_errors=True)
-    lines = (killed / "metrics.jsonl").read_text().splitlines()
-    (killed / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")  # a torn 3rd block line
-    assert main(["refine", str(SHARED_DATA), "--out", str(killed), *ARGS, "--resume"]) == 0
-    assert (killed / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text()
-    full, resumed = _npz(run / "adaptation.npz"), _npz(killed / "adaptation.npz")
-    for k in full:
-        np.testing.assert_array_equal(full[k], resumed[k], err_msg=k)
-    a = checkpoint.restore(run / "checkpoints", _restore_target(run))[0]
-    b = checkpoint.restore(killed / "checkpoints", _restore_target(run))[0]
-    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    from diffrl_jax import checkpoint
+    from diffrl_jax.workflows import refine as refine_workflow
+
+    state = checkpoint.restore(run / "checkpoints", refine_workflow.state_template(run))[0]
+    assert int(state.iteration) == 4
+    leaves = jax.tree_util.tree_leaves(state.params)
+    assert leaves and all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
 
 
 def test_metrics_log_is_strict_json(tmp_path):
@@ -109,13 +102,6 @@ def test_metrics_log_is_strict_json(tmp_path):
     assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
     assert read_jsonl(path, "iteration") == [
         {"iteration": 1, "episode_length": None, "loss": None, "reward": 0.5, "episodes": 0}]
-
-
-def _restore_target(run):
-    """The TrainState structure of the run (rebuilt from run.json alone)."""
-    from diffrl_jax.workflows import refine as refine_workflow
-
-    return refine_workflow.state_template(run)
 
 
 @requires_shared_data

@@ -48,8 +48,10 @@ from _paths import SHARED_DATA, requires_shared_data
 SEED = int(os.environ.get("DIFFRL_FAULT_SEED", "0"))
 BOTTLE = "sem-Bottle-437678d4bc6be981c8724d5673a063a6"
 # test_pipeline's tiny run, but 200 training steps: blocks of 100 with a checkpoint after each
-# (the pipeline's stage settings), so a killed `diffrl train` resumes from a checkpoint mid-run.
-TINY = ["limit=6", "budget_pieces=3", "refine_iterations=2", "refine_envs=8", "refine_attempts=2", "refine_steps=2",
+# (the pipeline's stage settings), so a killed `diffrl train` resumes from a checkpoint mid-run;
+# and PPO blocks of one iteration, so the pipeline killed after refine's first checkpoint
+# resumes its training mid-run.
+TINY = ["limit=6", "budget_pieces=3", "refine_iterations=2", "refine_block=1", "refine_envs=8", "refine_attempts=2", "refine_steps=2",
         "refine_robustness=2", "train_steps=200", "train_batch=16", "sample_n=8", "eval_poses=2",
         "eval_candidates=4", "videos=0", "hold.settle_s=0.02", "hold.hold_s=0.1", "lift.timestep=0.008",
         "lift.settle_s=0.5", "ppo.num_minibatches=2", "ppo.policy_hidden_sizes=32,32",
@@ -73,12 +75,13 @@ KILL_POINTS = {
     "sample": ["lib:tensorstore", "lib:libmujoco"],
     "evaluate": ["lib:tensorstore", "lib:libmujoco"],
     # The pipeline is killed inside its refine stage (the `diffrl refine` command, run in-process) after
-    # the stage's checkpoint: the rerun resumes that refine from it. This is the SIGKILL test of refine,
-    # whose compiled programs (holding a MuJoCo C callback) JAX cannot cache: a separate refine case
-    # would compile them twice more.
-    "pipeline": ["refine/checkpoints/2"],
+    # the stage's first checkpoint, before its second: the rerun resumes refine's training from it, then
+    # adapts. This is the SIGKILL test of refine, whose compiled programs (holding a MuJoCo C callback)
+    # JAX cannot cache: a separate refine case would compile them twice more.
+    "pipeline": ["refine/checkpoints/1"],
 }
-MAX_DELAY_S = {"validate": 1.5, "train": 0.5, "sample": 1.5, "evaluate": 3.0, "pipeline": 1.5}
+# The pipeline's is short: its second PPO iteration and checkpoint take about a second.
+MAX_DELAY_S = {"validate": 1.5, "train": 0.5, "sample": 1.5, "evaluate": 3.0, "pipeline": 0.2}
 # The file each command writes last: absent after the kill, or the kill came too late.
 FINAL = {"validate": "", "train": "loss.png", "sample": f"meshdata/{BOTTLE}",
          "evaluate": "summary.json", "pipeline": "summary.json"}
@@ -332,6 +335,9 @@ def _fault(command: str, argv, out: pathlib.Path, reference: pathlib.Path, tmp: 
         final = out / FINAL[command] if FINAL[command] else out
         result["killed_at"] = _kill_mid_run(command, argv, out, final, log)
         result["refine_finished_at_kill"] = (out / "refine" / "summary.json").exists()
+        checkpoints = out / "refine" / "checkpoints"
+        result["refine_checkpoints_at_kill"] = sorted(
+            p.name for p in checkpoints.iterdir() if p.name.isdigit()) if checkpoints.is_dir() else []
         result["left_after_kill"] = _check_complete(out) if out.exists() else \
             [p.name for p in out.parent.glob(f".{out.name}.*") if not p.name.endswith(".lock")]
         _run(argv, log)
@@ -377,8 +383,9 @@ def test_killed_run_ends_as_an_uninterrupted_one(faults, command):
     if "error" in r:
         raise r["error"]
     assert "attempt" in r["killed_at"]
-    if command == "pipeline":  # killed inside its refine stage: refine's SIGKILL test
-        assert "refine/checkpoints/2" in r["killed_at"] and not r["refine_finished_at_kill"], r["killed_at"]
+    if command == "pipeline":  # killed inside its refine stage, mid-training: refine's SIGKILL test
+        assert "refine/checkpoints/1" in r["killed_at"] and not r["refine_finished_at_kill"], r["killed_at"]
+        assert r["refine_checkpoints_at_kill"] == ["1"], (r["killed_at"], r["refine_checkpoints_at_kill"])
     # Killed writers leave only hidden temporaries and lock files; orbax's are gone once the rerun saved again.
     assert not [p for p in r["left_after_rerun"] if ".orbax-checkpoint-tmp" in p], r["left_after_rerun"]
     # The pipeline's files name its run directory; the commands' name only their inputs, the same ones.

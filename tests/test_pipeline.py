@@ -176,7 +176,7 @@ def test_the_package_list_names_every_package():
 @pytest.mark.parametrize("assignments", [
     {},
     {"refine_explore": "0.3", "scenario": "low-friction", "limit": "6", "hold.settle_s": "0.02",
-     "ppo.num_minibatches": "2", "refine_robustness": "2"},
+     "ppo.num_minibatches": "2", "refine_robustness": "2", "refine_block": "1"},
 ])
 def test_refine_stage_calls_the_workflow_with_its_printed_command(tmp_path, assignments):
     """The refine stage's typed config is what its `$ diffrl refine ...` line parses to, and

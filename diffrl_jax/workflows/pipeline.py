@@ -67,6 +67,7 @@ class PipelineConfig:
     budget_pieces: int = 32  # convex pieces per object in the compiled programs
     refine_preset: str = "cpu"  # `diffrl refine --preset`
     refine_iterations: int = 30
+    refine_block: int | None = None  # PPO iterations per compiled block and checkpoint (None: the refine preset's)
     refine_envs: int = 128
     refine_attempts: int = 8  # episodes per grasp when adapting
     # Corrections per episode (`diffrl refine --steps`), each after the first
@@ -135,6 +136,8 @@ class PipelineConfig:
         if unknown or len(set((self.eval_select, *self.eval_compare))) != 1 + len(self.eval_compare):
             raise ConfigError(f"eval_compare must name modes of {', '.join(SELECTIONS)} other than eval_select "
                               f"and each other; got {', '.join(self.eval_compare)!r}")
+        if self.refine_block is not None and not (isinstance(self.refine_block, int) and self.refine_block >= 1):
+            raise ConfigError(f"refine_block must be a positive integer or none, got {self.refine_block!r}")
         if self.refine_explore is not None and not (
                 isinstance(self.refine_explore, (int, float)) and math.isfinite(self.refine_explore)
                 and self.refine_explore >= 0):
@@ -291,7 +294,8 @@ class Run:
             dataset=str(self.raw), objects=tuple(c.objects) if c.dataset != "builtin" and c.objects else None,
             limit=c.limit, scenario=c.scenario, protocol=c.protocol,
             hold=_typed(HoldProtocol, self._hold_items(), "protocol"), preset=c.refine_preset,
-            backend=c.backend, iterations=c.refine_iterations, envs=c.refine_envs, steps=c.refine_steps,
+            backend=c.backend, iterations=c.refine_iterations, block=c.refine_block, envs=c.refine_envs,
+            steps=c.refine_steps,
             attempts=c.refine_attempts, explore=None if c.refine_explore is None else (float(c.refine_explore),),
             robustness=c.refine_robustness, ppo=_typed(PPOConfig, c.ppo, "PPO config"), seed=c.seed,
             budget_pieces=c.budget_pieces, resume=True)
@@ -304,6 +308,7 @@ class Run:
                 "--backend", c.backend, "--iterations", str(c.refine_iterations),
                 "--envs", str(c.refine_envs), "--attempts", str(c.refine_attempts),
                 "--steps", str(c.refine_steps),
+                *(["--block", str(c.refine_block)] if c.refine_block is not None else []),
                 *(["--explore", str(c.refine_explore)] if c.refine_explore is not None else []),
                 "--robustness", str(c.refine_robustness),
                 "--seed", str(c.seed), "--budget-pieces", str(c.budget_pieces), *self._selection(),
