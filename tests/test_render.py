@@ -247,7 +247,12 @@ def fake_evaluation(setup, monkeypatch):
     def evaluate_object(template, prepared, sample_fn, config, backend, nthread=None):
         records = [{"pose": k, "object_pose": pose.tolist(), "grasp": g.tolist(), "success": s,
                     "clear_candidates": 1.0} for k, (g, s) in enumerate([(grasp, True), (empty, False)])]
-        return {"summary": {**rate(1, 2), "no_clear_candidate": 0, "timings_s": {}}, "records": records}
+        one = rate(1, 2)
+        modes = {mode: {"success": one["rate"], "ci95": [one["ci_low"], one["ci_high"]], "successes": 1,
+                        "n_poses": 2, "no_clear_candidate": 0, "physics_steps_choosing": 0,
+                        "physics_steps_lifting": 0} for mode in config.modes}
+        return {"summary": {**one, "no_clear_candidate": 0, "pose_sampling": modes, "timings_s": {}},
+                "records": records}
 
     monkeypatch.setattr(pipeline, "load_trained", lambda path: SimpleNamespace(dataset={}, step=0))
     monkeypatch.setattr(pipeline, "resolve_object",
