@@ -40,7 +40,7 @@ from diffrl_jax.data import rotations
 from diffrl_jax.data.dexgraspnet import GraspDataset
 from diffrl_jax.errors import ConfigError
 from diffrl_jax.hand import constants
-from diffrl_jax.objects import assets, encoding
+from diffrl_jax.objects import assets
 from diffrl_jax.rl import refine, refine_env
 from diffrl_jax.scene import import_mjx
 from diffrl_jax.sim import backends, bank, hold, lift, resting, validate
@@ -441,24 +441,19 @@ def build_lift_problem(dataset: GraspDataset, protocol: LiftProtocol, backend: s
         raise ConfigError("the dataset has no grasps to refine")
     backend = backends.get(backend)
     template = lift.make_template(protocol, budget)
-    entry_list = tuple(validate.entries(dataset))
-    prepared, fields, codes, banks = [], [], [], []
-    object_id = np.zeros(len(dataset), np.int32)
-    for m, entry in enumerate(entry_list):
-        path = dataset.mesh_path(entry.code)
-        obj = assets.mesh_object(path, entry.scale, name=entry.code, max_hull_vertices=budget.vertices)
+    banks = []
+
+    def prepare(entry):  # the object, then its resting bank (seeded per entry, in entry order)
+        obj = assets.mesh_object(dataset.mesh_path(entry.code), entry.scale, name=entry.code,
+                                 max_hull_vertices=budget.vertices)
         p = lift.prepare_object(template, obj)
-        prepared.append(p)
-        fields.append(template.fields(p))
-        codes.append(encoding.encode_object(path, entry.scale))
-        banks.append(resting.resting_bank(backend, template, p, int(poses_per_object), seed=seed + m))
-        object_id[entry.rows] = m
-        if progress:
-            progress(1)
+        banks.append(resting.resting_bank(backend, template, p, int(poses_per_object), seed=seed + len(banks)))
+        return p
+
+    entry_list, prepared, fields, encodings, object_id = refine.prepare_entries(dataset, template, prepare, progress)
     return LiftProblem(
-        dataset=dataset, template=template, entries=entry_list, prepared=tuple(prepared),
-        fields=bank.stack_fields(fields), encodings=np.stack(codes).astype(np.float32),
-        object_id=object_id, heldout=refine.split_heldout(dataset.object_index, heldout_fraction, seed),
+        dataset=dataset, template=template, entries=entry_list, prepared=prepared, fields=fields,
+        encodings=encodings, object_id=object_id, heldout=refine.split_heldout(dataset.object_index, heldout_fraction, seed),
         banks=tuple(banks),
         poses=np.stack([b.poses[:poses_per_object] for b in banks]).astype(np.float32),
         up=np.stack([b.up[:poses_per_object] for b in banks]).astype(np.float32),

@@ -77,21 +77,32 @@ def build_problem(dataset: GraspDataset, protocol: HoldProtocol,
     if len(dataset) == 0:
         raise ConfigError("the dataset has no grasps to refine")
     template = bank.make_template(protocol, budget)
+    entry_list, prepared, fields, encodings, object_id = prepare_entries(
+        dataset, template, lambda entry: validate.prepare_entry(dataset, entry, protocol, budget), progress)
+    return Problem(
+        dataset=dataset, template=template, entries=entry_list, prepared=prepared, fields=fields,
+        encodings=encodings, object_id=object_id, heldout=split_heldout(dataset.object_index, heldout_fraction, seed))
+
+
+def prepare_entries(dataset: GraspDataset, template, prepare, progress=None):
+    """Each (object, scale) entry of `dataset` prepared once: (entries, prepared objects,
+    stacked fields, shape encodings [E, D] float32, object_id [N] int32 (a row's entry)).
+
+    `prepare(entry)` -> the entry's `bank.PreparedObject` for `template`; `progress(1)`
+    after each entry. The refinement problems of both scenarios are built on it.
+    """
     entry_list = tuple(validate.entries(dataset))
     prepared, fields, codes = [], [], []
     object_id = np.zeros(len(dataset), np.int32)
     for m, entry in enumerate(entry_list):
-        p = validate.prepare_entry(dataset, entry, protocol, budget)
+        p = prepare(entry)
         prepared.append(p)
         fields.append(template.fields(p))
         codes.append(encoding.encode_object(dataset.mesh_path(entry.code), entry.scale))
         object_id[entry.rows] = m
         if progress:
             progress(1)
-    return Problem(
-        dataset=dataset, template=template, entries=entry_list, prepared=tuple(prepared),
-        fields=bank.stack_fields(fields), encodings=np.stack(codes).astype(np.float32),
-        object_id=object_id, heldout=split_heldout(dataset.object_index, heldout_fraction, seed))
+    return entry_list, tuple(prepared), bank.stack_fields(fields), np.stack(codes).astype(np.float32), object_id
 
 
 def refine_data(problem: Problem, rows: np.ndarray) -> refine_env.RefineData:
