@@ -41,8 +41,7 @@ import numpy as np
 
 from diffrl_jax import configs
 from diffrl_jax.configs import choice, integer, non_negative
-from diffrl_jax.errors import ConfigError
-from diffrl_jax.evaluation.selections import SELECTIONS
+from diffrl_jax.evaluation.selections import SELECTIONS, check_modes
 from diffrl_jax.evaluation.stats import rate
 from diffrl_jax.sim import backends, bank, hold, lift
 from diffrl_jax.sim.protocol import HoldProtocol
@@ -71,11 +70,7 @@ class PoseSamplingConfig:
 
     def validate(self) -> "PoseSamplingConfig":
         configs.check(self, "pose sampling")
-        compare = self.compare
-        if not (isinstance(compare, tuple) and all(m in SELECTIONS for m in compare)):
-            raise ConfigError(f"pose sampling compare must be a tuple of modes from {SELECTIONS}, got {compare!r}")
-        if len(set((self.select, *compare))) != 1 + len(compare):
-            raise ConfigError(f"pose sampling modes must differ, got select {self.select!r} and compare {compare!r}")
+        check_modes(self.select, self.compare, "pose sampling")
         return self
 
     @property

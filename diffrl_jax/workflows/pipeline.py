@@ -128,14 +128,11 @@ class PipelineConfig:
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        from diffrl_jax.evaluation.selections import SELECTIONS
+        from diffrl_jax.evaluation.selections import SELECTIONS, check_modes
 
         if self.eval_select not in SELECTIONS:
             raise ConfigError(f"eval_select must be one of {', '.join(SELECTIONS)}; got {self.eval_select!r}")
-        unknown = [m for m in self.eval_compare if m not in SELECTIONS]
-        if unknown or len(set((self.eval_select, *self.eval_compare))) != 1 + len(self.eval_compare):
-            raise ConfigError(f"eval_compare must name modes of {', '.join(SELECTIONS)} other than eval_select "
-                              f"and each other; got {', '.join(self.eval_compare)!r}")
+        check_modes(self.eval_select, tuple(self.eval_compare), "pipeline eval")
         if self.refine_block is not None and not (isinstance(self.refine_block, int) and self.refine_block >= 1):
             raise ConfigError(f"refine_block must be a positive integer or none, got {self.refine_block!r}")
         if self.refine_explore is not None and not (
