@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 
 from diffrl_jax import configs
-from diffrl_jax.configs import between, choice, integer, non_negative, positive
+from diffrl_jax.configs import between, boolean, choice, integer, non_negative, positive
 from diffrl_jax.diffusion.schedule import PREDICTIONS
 from diffrl_jax.errors import ConfigError
 
@@ -32,6 +32,12 @@ class DiffusionConfig:
     time_dim: int = integer(64, min=1)  # even
     cond_scale: float = positive(10.0)  # encoding metres -> about unit range
     cond_dropout: float = between(0.1, 0.0, 1.0, open_high=True)  # probability of the null condition (CFG)
+    # Condition on the object's resting pose too (its up-direction: the
+    # dataset's up_x/up_y/up_z labels, as `diffrl tabletop` writes them);
+    # the pose alone is dropped with probability pose_dropout (and with the
+    # object's), so sampling without a pose still works.
+    pose_condition: bool = boolean(False)
+    pose_dropout: float = between(0.1, 0.0, 1.0, open_high=True)
     # Object encoding (see objects.encoding).
     encoding_points: int = integer(128, min=1)
     encoding_radius: float = positive(0.15)

@@ -6,6 +6,13 @@ v (`schedule.PREDICTIONS`). Time and object are embedded, summed, and scale
 and shift every residual block's normalised input (FiLM). A learned null
 embedding replaces the object's for classifier-free guidance.
 
+With `pose_dim` > 0 the network also sees how the object lies: its
+up-direction (world +z in the object frame, `sim.resting`) `[B, 3]` or
+`[1, 3]`, embedded and added like the object's. A second learned null
+embedding stands for "pose unknown": it replaces the pose's where
+`drop_pose` is set or no pose is given, so one model samples both for a
+resting pose and without one.
+
 Timesteps and conditions may have a batch of 1 while x has B: the sampler
 gives every sample of a batch the same timestep (and, for one object, the
 same condition), so the conditioning path then runs once per step instead
@@ -43,9 +50,11 @@ class ResBlock(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """(x_t `[B, D]`, t `[B]` or `[1]`, cond `[B, C]` or `[1, C]`, drop_cond `[B]`/`[1]` bool) -> `[B, D]`.
+    """(x_t `[B, D]`, t `[B]` or `[1]`, cond `[B, C]` or `[1, C]`, drop_cond `[B]`/`[1]` bool,
+    pose `[B, P]`/`[1, P]` or None, drop_pose `[B]`/`[1]` bool) -> `[B, D]`.
 
-    `cond_scale` multiplies the raw encoding (metres) into unit range.
+    `cond_scale` multiplies the raw encoding (metres) into unit range;
+    `pose_dim` 0: no pose input (a pose given is then an error).
     """
 
     data_dim: int
@@ -55,9 +64,10 @@ class Denoiser(nn.Module):
     time_dim: int = 64
     num_train_steps: int = 100
     cond_scale: float = 10.0
+    pose_dim: int = 0
 
     @nn.compact
-    def __call__(self, x, t, cond, drop_cond=None):
+    def __call__(self, x, t, cond, drop_cond=None, pose=None, drop_pose=None):
         t = jnp.reshape(t, (-1,))
         cond = jnp.reshape(cond, (-1, self.cond_dim))
         time = timestep_embedding(t, self.time_dim, self.num_train_steps)
@@ -66,7 +76,20 @@ class Denoiser(nn.Module):
         null = self.param("null_cond", nn.initializers.normal(0.02), (self.width,))
         if drop_cond is not None:
             obj = jnp.where(jnp.reshape(drop_cond, (-1, 1)), null, obj)
-        conditioning = nn.silu(time + obj)  # [1 or B, width]
+        conditioning = time + obj
+        if self.pose_dim:
+            null_pose = self.param("null_pose", nn.initializers.normal(0.02), (self.width,))
+            if pose is None:
+                conditioning = conditioning + null_pose
+            else:
+                pose = jnp.reshape(pose, (-1, self.pose_dim))
+                embedded = nn.Dense(self.width, name="pose_out")(nn.silu(nn.Dense(self.width, name="pose_in")(pose)))
+                if drop_pose is not None:
+                    embedded = jnp.where(jnp.reshape(drop_pose, (-1, 1)), null_pose, embedded)
+                conditioning = conditioning + embedded
+        elif pose is not None:
+            raise ValueError("this Denoiser has no pose input (pose_dim=0)")
+        conditioning = nn.silu(conditioning)  # [1 or B, width]
         h = nn.Dense(self.width, name="input")(x)
         for i in range(self.depth):
             h = ResBlock(self.width, name=f"block_{i}")(h, conditioning)
@@ -74,9 +97,9 @@ class Denoiser(nn.Module):
         return nn.Dense(self.data_dim, kernel_init=nn.initializers.zeros, name="output")(h)
 
 
-def model_kwargs(config, data_dim: int, cond_dim: int) -> dict:
+def model_kwargs(config, data_dim: int, cond_dim: int, pose_dim: int = 0) -> dict:
     """The keyword arguments of `Denoiser` for `config` (a DiffusionConfig); JSON-able."""
-    return {
+    kwargs = {
         "data_dim": int(data_dim),
         "cond_dim": int(cond_dim),
         "width": int(config.width),
@@ -85,6 +108,9 @@ def model_kwargs(config, data_dim: int, cond_dim: int) -> dict:
         "num_train_steps": int(config.num_diffusion_steps),
         "cond_scale": float(config.cond_scale),
     }
+    if pose_dim:  # absent otherwise, so checkpoints without a pose read as before
+        kwargs["pose_dim"] = int(pose_dim)
+    return kwargs
 
 
 def make_denoiser(**kwargs) -> Denoiser:

@@ -191,12 +191,16 @@ def grasp_sampler(trained: TrainedModel, batch: int, method: str = "ddim", steps
 def sample_grasps(trained: TrainedModel, cond, n: int, *, method: str = "ddim", steps: int | None = None,
                   seed: int = 0, batch: int = DEFAULT_SAMPLE_BATCH, guidance_scale: float = 1.0,
                   eta: float = 0.0, progress: Callable[[int], None] | None = None,
-                  mesh=None) -> np.ndarray:
+                  mesh=None, pose=None) -> np.ndarray:
     """`n` grasps `[n, 31]` float64 for one condition `[C]`, in chunks of one compiled batch size.
 
-    `mesh`: each chunk is split over its devices (the chunk size is rounded
-    up to a multiple of the device count).
+    `pose`: the resting pose condition of a model trained with one (the
+    up-direction `[3]` for every sample, or `[n, 3]` one per sample); None
+    samples without (the model's null pose). `mesh`: each chunk is split
+    over its devices (the chunk size is rounded up to a multiple of the
+    device count).
     """
+    pose = check_pose(trained, pose, n)
     batch = parallel.padded_size(min(batch, n), parallel.num_shards(mesh))
     sample = grasp_sampler(trained, batch, method, steps, guidance_scale, eta, mesh)
     key = jax.random.key(seed)
@@ -208,12 +212,45 @@ def sample_grasps(trained: TrainedModel, cond, n: int, *, method: str = "ddim", 
         key = jax.random.wrap_key_data(key)
     chunks, done = [], 0
     while done < n:  # host loop over chunks; the last one is padded to the compiled size
-        out = sample(params, normaliser, cond, jax.random.fold_in(key, len(chunks)))
+        take = min(batch, n - done)
+        chunk_pose = pose
+        if pose is not None and len(pose) > 1:  # one per sample: this chunk's, padded
+            chunk_pose = np.concatenate([pose[done:done + take], np.repeat(pose[-1:], batch - take, 0)])
+        if chunk_pose is not None and mesh is not None:
+            chunk_pose = parallel.replicate(chunk_pose, mesh)
+        out = sample(params, normaliser, cond, jax.random.fold_in(key, len(chunks)), chunk_pose)
         grasps = np.asarray(parallel.to_host(out), dtype=np.float64)
         grasps = grasp_lib.clip_to_joint_limits(grasps)  # again in float64: float32 limits round outward
-        take = min(batch, n - done)
         chunks.append(grasps[:take])
         done += take
         if progress is not None:
             progress(take)
     return np.concatenate(chunks)
+
+
+def has_pose_condition(trained: TrainedModel) -> bool:
+    """Whether the model was trained with a resting-pose (up-direction) condition."""
+    return bool(getattr(trained.model, "pose_dim", 0))
+
+
+def check_pose(trained: TrainedModel, pose, n: int) -> np.ndarray | None:
+    """A pose condition for `n` samples -> float32 `[1, P]` or `[n, P]`, or None; `ConfigError` when
+    the model has no pose input or the shape or values are wrong."""
+    if pose is None:
+        return None
+    dim = int(getattr(trained.model, "pose_dim", 0))
+    if not dim:
+        raise ConfigError(f"the model in {trained.directory} was trained without a pose condition: "
+                          "sample without one, or train with --set pose_condition=true on a table-top "
+                          "dataset (`diffrl tabletop`)")
+    pose = np.asarray(pose, np.float32)
+    if pose.shape == (dim,):
+        pose = pose[None]
+    if pose.ndim != 2 or pose.shape[1] != dim or len(pose) not in (1, n):
+        raise ConfigError(f"pose condition must have shape [{dim}] or [{n}, {dim}], got {list(pose.shape)}")
+    if not np.all(np.isfinite(pose)):
+        raise ConfigError("pose condition has non-finite values")
+    norm = np.linalg.norm(pose, axis=1)
+    if np.any(np.abs(norm - 1.0) > 1e-2):
+        raise ConfigError(f"pose condition must be unit up-directions, got a norm of {norm[np.argmax(np.abs(norm - 1))]:.3g}")
+    return pose / norm[:, None]

@@ -79,20 +79,25 @@ def postprocess_grasps(grasps):
     return grasp_lib.clip_to_joint_limits(grasps)
 
 
-def guided_denoiser(model, params, cond, guidance_scale: float = 1.0):
+def guided_denoiser(model, params, cond, guidance_scale: float = 1.0, pose=None):
     """`(x_t, t) -> output` of `model` for one condition `[C]`/`[1, C]` or `[B, C]`.
 
-    guidance_scale w != 1 mixes in the null condition:
+    pose: the resting pose condition `[P]`/`[1, P]` or `[B, P]` of a model
+    with a pose input, or None (the pose unknown). guidance_scale w != 1
+    mixes in the null condition (object and pose):
     uncond + w (cond - uncond); w = 1 is plain conditional sampling.
     """
     cond = jnp.reshape(cond, (-1, model.cond_dim))
+    if pose is not None:
+        pose = jnp.reshape(pose, (-1, model.pose_dim))
 
     def denoise(x, t):
         t = jnp.reshape(t, (1,))  # one timestep for the whole batch: conditioning runs once
-        out = model.apply(params, x, t, cond)
+        out = model.apply(params, x, t, cond, None, pose)
         if guidance_scale == 1.0:
             return out
-        uncond = model.apply(params, x, t, cond[:1], jnp.ones((1,), bool))
+        null = jnp.ones((1,), bool)
+        uncond = model.apply(params, x, t, cond[:1], null, None if pose is None else pose[:1], null)
         return uncond + guidance_scale * (out - uncond)
 
     return denoise
@@ -102,10 +107,11 @@ def make_grasp_sampler(model, schedule: schedule_lib.Schedule, *, num_samples: i
                        method: str = "ddim", steps: int | None = None, prediction: str = "v",
                        guidance_scale: float = 1.0, x0_clip: float = 0.0, eta: float = 0.0,
                        postprocess: Callable | None = postprocess_grasps, mesh=None):
-    """jitted `(params, normaliser, cond, key) -> samples [num_samples, D]`.
+    """jitted `(params, normaliser, cond, key, pose=None) -> samples [num_samples, D]`.
 
     cond: `[C]` (one object for the whole batch, the fast path) or
-    `[num_samples, C]`. Samples are un-normalised and, by default,
+    `[num_samples, C]`; pose (a model with a pose input): `[P]` or
+    `[num_samples, P]`, None for none. Samples are un-normalised and, by default,
     post-processed into valid grasps (`postprocess=None` skips that).
     `mesh`: the batch is split over its devices (num_samples must divide);
     the noise is the same whatever the split, so are the samples.
@@ -113,10 +119,10 @@ def make_grasp_sampler(model, schedule: schedule_lib.Schedule, *, num_samples: i
     timesteps = timesteps_for(method, schedule.num_steps, steps)
     parallel.check_divisible(num_samples, mesh, "sample batch")
 
-    def sample(params, normaliser, cond, key):
+    def sample(params, normaliser, cond, key, pose=None):
         x_T = jax.random.normal(key, (num_samples, model.data_dim), jnp.float32)
         x_T = parallel.constrain_batch(x_T, mesh)
-        denoise = guided_denoiser(model, params, cond, guidance_scale)
+        denoise = guided_denoiser(model, params, cond, guidance_scale, pose)
         step_key = jax.random.fold_in(key, 1)
         x = sample_loop(denoise, schedule, x_T, step_key, timesteps, method, prediction, x0_clip, eta)
         x = normaliser.denormalise(x)

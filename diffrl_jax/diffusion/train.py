@@ -64,17 +64,22 @@ def fit_normaliser(samples, min_std: float = 1e-3) -> Normaliser:
 
 @flax.struct.dataclass
 class TrainData:
-    """x: `[N, D]` normalised samples; cond: `[M, C]` conditions; cond_index: `[N]` row of each sample's."""
+    """x: `[N, D]` normalised samples; cond: `[M, C]` conditions; cond_index: `[N]` row of each
+    sample's; pose: `[N, P]` each sample's pose condition (P = 0: none)."""
 
     x: jnp.ndarray
     cond: jnp.ndarray
     cond_index: jnp.ndarray
+    pose: jnp.ndarray
 
     @classmethod
-    def create(cls, samples, cond, cond_index, normaliser: Normaliser) -> "TrainData":
+    def create(cls, samples, cond, cond_index, normaliser: Normaliser, pose=None) -> "TrainData":
         samples = jnp.asarray(samples, jnp.float32)
+        pose = np.zeros((len(samples), 0)) if pose is None else np.asarray(pose)
+        if pose.ndim != 2 or len(pose) != len(samples):
+            raise ValueError(f"pose must have shape [{len(samples)}, P], got {pose.shape}")
         return cls(normaliser.normalise(samples), jnp.asarray(cond, jnp.float32),
-                   jnp.asarray(cond_index, jnp.int32))
+                   jnp.asarray(cond_index, jnp.int32), jnp.asarray(pose, jnp.float32))
 
 
 @flax.struct.dataclass
@@ -119,21 +124,30 @@ def _init_train_state(config: DiffusionConfig, model: Denoiser, key) -> TrainSta
     x = jnp.zeros((1, model.data_dim), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
     cond = jnp.zeros((1, model.cond_dim), jnp.float32)
-    params = model.init(init_key, x, t, cond, jnp.zeros((1,), bool))
+    pose = jnp.zeros((1, model.pose_dim), jnp.float32) if model.pose_dim else None
+    params = model.init(init_key, x, t, cond, jnp.zeros((1,), bool), pose)
     opt_state = make_optimizer(config).init(params)
     return TrainState(params=params, ema_params=params, opt_state=opt_state,
                       step=jnp.zeros((), jnp.int32), key=key)
 
 
 def diffusion_loss(params, model: Denoiser, schedule: schedule_lib.Schedule, config: DiffusionConfig,
-                   x0, cond, key):
-    """Mean squared error of the eps/v prediction; x0: `[B, D]` normalised, cond: `[B, C]`."""
-    t_key, noise_key, drop_key = jax.random.split(key, 3)
+                   x0, cond, key, pose=None):
+    """Mean squared error of the eps/v prediction; x0: `[B, D]` normalised, cond: `[B, C]`,
+    pose `[B, P]` (a model with a pose input) or None.
+
+    The object condition is dropped with probability `cond_dropout`; the pose
+    with it, and on its own with probability `pose_dropout`.
+    """
+    t_key, noise_key, drop_key, pose_key = jax.random.split(key, 4)
     t = jax.random.randint(t_key, x0.shape[:1], 0, schedule.num_steps)
     noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
     x_t = schedule_lib.add_noise(schedule, x0, noise, t)
     drop = jax.random.bernoulli(drop_key, config.cond_dropout, x0.shape[:1])
-    output = model.apply(params, x_t, t, cond, drop)
+    drop_pose = None
+    if pose is not None:
+        drop_pose = drop | jax.random.bernoulli(pose_key, config.pose_dropout, x0.shape[:1])
+    output = model.apply(params, x_t, t, cond, drop, pose, drop_pose)
     target = schedule_lib.training_target(schedule, x0, noise, t, config.prediction)
     return jnp.mean((output - target) ** 2)
 
@@ -150,8 +164,9 @@ def train_step(state: TrainState, data: TrainData, *, model: Denoiser,
     index = jax.random.randint(batch_key, (config.batch_size,), 0, data.x.shape[0])
     index = parallel.constrain_batch(index, mesh)
     x0, cond = data.x[index], data.cond[data.cond_index[index]]
+    pose = data.pose[index] if model.pose_dim else None
     loss, grads = jax.value_and_grad(diffusion_loss)(state.params, model, schedule, config, x0, cond,
-                                                     loss_key)
+                                                     loss_key, pose)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # Warm the EMA up so early checkpoints are not dominated by the initialisation.
@@ -285,3 +300,25 @@ def grasp_training_data(dataset, config: DiffusionConfig, only_success: bool | N
         if progress is not None:
             progress(1)
     return dataset.grasps[keep], conds, cond_index[keep], list(groups)
+
+
+POSE_LABELS = ("up_x", "up_y", "up_z")  # a table-top dataset's up-direction of each grasp
+
+
+def pose_conditions(dataset, keep: np.ndarray) -> np.ndarray:
+    """The up-direction `[n, 3]` of the grasps at mask `keep` (labels `POSE_LABELS`, unit vectors).
+
+    Raises `DataError` when the dataset has no such labels (it is not a
+    table-top dataset) or a label is not a unit vector.
+    """
+    missing = [name for name in POSE_LABELS if name not in dataset.extras]
+    if missing:
+        raise DataError(f"{dataset.root}: no up-direction labels {missing} to condition on the pose; "
+                        "make a table-top dataset with `diffrl tabletop`, or train without a pose condition")
+    up = np.stack([np.asarray(dataset.extras[name], np.float64)[keep] for name in POSE_LABELS], -1)
+    norm = np.linalg.norm(up, axis=-1)
+    if not (np.all(np.isfinite(up)) and np.all(np.abs(norm - 1.0) < 1e-3)):
+        bad = int(np.argmax(~np.isfinite(norm) | (np.abs(norm - 1.0) >= 1e-3)))
+        raise DataError(f"{dataset.root}: up-direction of training grasp {bad} is {up[bad].tolist()}, "
+                        "not a unit vector")
+    return (up / norm[:, None]).astype(np.float32)

@@ -103,8 +103,9 @@ def run_train(config: TrainRunConfig, out, *,
     from diffrl_jax.data.dexgraspnet import load_dexgraspnet
     from diffrl_jax.diffusion import pipeline
     from diffrl_jax.diffusion.model import make_denoiser, model_kwargs
-    from diffrl_jax.diffusion.train import (Normaliser, TrainData, fit_normaliser, grasp_training_data,
-                                            init_train_state, replicate_for_training, run_training)
+    from diffrl_jax.diffusion.train import (POSE_LABELS, Normaliser, TrainData, fit_normaliser,
+                                            grasp_training_data, init_train_state, pose_conditions,
+                                            replicate_for_training, run_training, training_mask)
 
     out = pathlib.Path(out)
     if out.exists() and not out.is_dir():
@@ -129,7 +130,11 @@ def run_train(config: TrainRunConfig, out, *,
         samples, conds, cond_index, groups = grasp_training_data(
                 dataset, diffusion_config, only_success, progress=bar.update, min_robustness=config.min_robustness)
     only_success = "success" in dataset.extras if only_success is None else only_success
-    kwargs = model_kwargs(diffusion_config, samples.shape[1], conds.shape[1])
+    pose = None
+    if diffusion_config.pose_condition:  # the up-direction of each training grasp's resting pose
+        pose = pose_conditions(dataset, training_mask(dataset, only_success, config.min_robustness))
+    kwargs = model_kwargs(diffusion_config, samples.shape[1], conds.shape[1],
+                          0 if pose is None else len(POSE_LABELS))
     model = make_denoiser(**kwargs)
     if saved is not None:
         if saved["model_kwargs"] != kwargs:
@@ -143,7 +148,7 @@ def run_train(config: TrainRunConfig, out, *,
     run_config = pipeline.checkpoint_config(
         diffusion_config, kwargs, normaliser, pipeline.dataset_info(dataset, groups, cond_index, only_success,
                                                                   config.min_robustness))
-    data = TrainData.create(samples, conds, cond_index, normaliser)
+    data = TrainData.create(samples, conds, cond_index, normaliser, pose)
     # Data parallel over every device (of every process): one program, the
     # minibatch split, the gradient all-reduced.
     mesh = parallel.data_mesh() if jax.device_count() > 1 else None
