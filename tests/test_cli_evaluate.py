@@ -80,6 +80,11 @@ def test_evaluate_writes_summary_and_records(tmp_path, capsys):
     assert main([*scaled, "--scale", "-1", "--out", str(tmp_path / "never")]) == 2
     assert "--scale must be a positive number" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+    # A model trained without a pose condition, asked to sample for the resting pose.
+    assert main([*scaled, "--pose", "on", "--out", str(tmp_path / "never")]) == 2
+    assert "trained without a pose condition" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+    assert summary["objects"][BOTTLE]["pose_condition"] is False  # --pose auto on this model
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -31,7 +31,7 @@ def config_from_args(args: argparse.Namespace):
         candidates=args.candidates, select=args.select[0], compare=tuple(args.select[1:]),
         check_top=args.check_top, sampler=args.sampler,
         steps=args.steps, backend=args.backend, threads=args.threads, budget_pieces=args.budget_pieces,
-        seed=args.seed, videos=args.videos)
+        seed=args.seed, videos=args.videos, pose_condition={"auto": None, "on": True, "off": False}[args.pose])
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -70,6 +70,10 @@ def add_command(commands) -> None:
                         "most directions; its physics steps are counted), contact (kinematic contact "
                         "score only: no physics), first (the first clear one) or one-shot (the first "
                         "sample, clear or not: nothing simulated, nothing rejected)")
+    p.add_argument("--pose", choices=("auto", "on", "off"), default="auto",
+                   help="sample each pose's candidates for how the object lies (its up-direction): auto (the "
+                        "default) when the model was trained with a pose condition; on with a model without "
+                        "one is an error")
     p.add_argument("--check-top", type=positive_int, default=16, metavar="M",
                    help="--select check: clear candidates hold-tested per pose (default 16)")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")

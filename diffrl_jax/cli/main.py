@@ -342,9 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sim_options(robust)
     robust.set_defaults(backend="mujoco", func=_cmd_robustness)
 
-    from diffrl_jax.cli import diffusion, evaluate, refine
+    from diffrl_jax.cli import diffusion, evaluate, refine, tabletop
 
     refine.add_commands(commands)
+    tabletop.add_command(commands)
     diffusion.add_commands(commands)
     evaluate.add_command(commands)
 

@@ -20,6 +20,10 @@ rest, one is chosen (`select`):
   rejected, so a sample through the table is a failed pose. The figure of a
   sampler that is used as it is.
 
+With `pose_condition` the sampler is asked, pose by pose, for grasps of the
+object lying as it lies: `sample_fn` gets each pose's up-direction (world +z
+in the object frame, `resting.up_direction`) for its candidates.
+
 The chosen grasp is executed by the lift protocol (the backend's `lift`); a pose
 with no clear candidate counts as a failure. `compare` names further modes run
 on the same poses and samples, each with its own choice and lift, so modes
@@ -43,7 +47,7 @@ from diffrl_jax import configs
 from diffrl_jax.configs import choice, integer, non_negative
 from diffrl_jax.evaluation.selections import SELECTIONS, check_modes
 from diffrl_jax.evaluation.stats import rate
-from diffrl_jax.sim import backends, bank, hold, lift
+from diffrl_jax.sim import backends, bank, hold, lift, resting
 from diffrl_jax.sim.protocol import HoldProtocol
 
 
@@ -67,6 +71,7 @@ class PoseSamplingConfig:
     penetration_weight: float = non_negative(1.0)  # of the contact score: penetration m + weight-free tip gap m
     seed: int = 0
     compare: tuple[str, ...] = ()  # further modes on the same poses and samples
+    pose_condition: bool = False  # sample each pose's candidates for its up-direction
 
     def validate(self) -> "PoseSamplingConfig":
         configs.check(self, "pose sampling")
@@ -205,7 +210,8 @@ def evaluate_object(template: lift.LiftTemplate, prepared: bank.PreparedObject, 
     """One object through pose sampling; returns the summary and per-pose records.
 
     sample_fn(n, seed) -> object-frame grasps [n, 31] (the diffusion sampler
-    bound to this object's condition). Timings are per stage; physics steps
+    bound to this object's condition); with `config.pose_condition`,
+    sample_fn(n, seed, up) with up [n, 3] the up-direction of each sample's pose. Timings are per stage; physics steps
     are counted for settling, choosing ("check" only) and lifting.
     """
     config.validate()
@@ -217,7 +223,12 @@ def evaluate_object(template: lift.LiftTemplate, prepared: bank.PreparedObject, 
     timings["settle_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    grasps = np.asarray(sample_fn(config.poses * config.candidates, config.seed), np.float32)
+    n = config.poses * config.candidates
+    if config.pose_condition:
+        up = np.repeat(resting.up_direction(poses[:, 3:]), config.candidates, axis=0)
+        grasps = np.asarray(sample_fn(n, config.seed, up), np.float32)
+    else:
+        grasps = np.asarray(sample_fn(n, config.seed), np.float32)
     grasps = grasps.reshape(config.poses, config.candidates, -1)
     timings["sample_s"] = time.perf_counter() - t
 
@@ -263,6 +274,7 @@ def evaluate_object(template: lift.LiftTemplate, prepared: bank.PreparedObject, 
         **rate(int(success.sum()), config.poses),
         "no_clear_candidate": by_mode[config.select]["no_clear_candidate"],
         "candidates": config.candidates, "select": config.select, "backend": backend.name,
+        "pose_condition": bool(config.pose_condition),
         "physics_steps": int(config.poses * protocol.settle_steps)
         + sum(m["physics_steps_choosing"] + m["physics_steps_lifting"] for m in by_mode.values()),
         "check_physics_steps": c["check_steps"],

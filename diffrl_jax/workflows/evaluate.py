@@ -52,6 +52,9 @@ class EvaluateRunConfig:
     budget_pieces: int = 32
     seed: int = 0
     videos: int = 2  # per object, mp4s of the first N successes and N failures (0: none)
+    # Sample each pose's candidates for its up-direction: None when the model
+    # has a pose condition; True with a model without one is an error.
+    pose_condition: bool | None = None
 
 
 def object_asset(spec):
@@ -178,6 +181,12 @@ def run_evaluate(config: EvaluateRunConfig, out, *, bars: Callable[..., Any] = n
         poses=config.poses, candidates=config.candidates, select=config.select, check_top=config.check_top,
         sampler=config.sampler, steps=config.steps, seed=config.seed, compare=tuple(config.compare)).validate()
     trained = pipeline.load_trained(config.checkpoint)
+    has_pose = pipeline.has_pose_condition(trained)
+    if config.pose_condition and not has_pose:
+        raise ConfigError(f"the model in {config.checkpoint} was trained without a pose condition: evaluate "
+                          "without --pose on, or train on a table-top dataset with --set pose_condition=true")
+    use_pose = has_pose if config.pose_condition is None else bool(config.pose_condition)
+    sampling = dataclasses.replace(sampling, pose_condition=use_pose)
     names = list(config.objects or ()) or list(trained.dataset.get("object_codes", []))
     if not names:
         raise ConfigError("the checkpoint names no training objects: pass --objects")
@@ -200,9 +209,9 @@ def run_evaluate(config: EvaluateRunConfig, out, *, bars: Callable[..., Any] = n
         for spec in specs:
             prepared = lift.prepare_object(template, object_asset(spec))
 
-            def sample_fn(n, seed, spec=spec):
+            def sample_fn(n, seed, up=None, spec=spec):
                 return pipeline.sample_grasps(trained, spec.cond, n, method=sampling.sampler, steps=sampling.steps,
-                                              seed=seed, guidance_scale=sampling.guidance)
+                                              seed=seed, guidance_scale=sampling.guidance, pose=up)
 
             result = pose_sampling.evaluate_object(template, prepared, sample_fn, sampling, config.backend,
                                                    nthread=config.threads)
