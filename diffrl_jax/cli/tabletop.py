@@ -48,8 +48,7 @@ def cmd_tabletop(args: argparse.Namespace) -> int:
 def add_command(commands) -> None:
     p = commands.add_parser(
         "tabletop",
-        help="label every (grasp, resting pose) pair of a dataset by the table-top lift: the data of the "
-             "pose-conditioned sampler",
+        help="label a dataset's (grasp, resting pose) pairs by the table-top lift, for a pose-conditioned model",
         description="Per object and scale: resting poses dropped and settled on the table; every grasp "
                     "moved onto every pose, those whose hand would pass through the table dropped, the "
                     "rest lifted at random yaws. Writes the pairs (object frame, labelled with the pose's "
