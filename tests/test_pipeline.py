@@ -15,7 +15,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 BOTTLE = "sem-Bottle-437678d4bc6be981c8724d5673a063a6"
 # The shared bottle's first 6 grasps (2 hold under this protocol); a coarse, short hold
 # test, a tiny PPO run and diffusion model, 2 poses: every stage in about a minute.
-TINY = ["limit=6", "budget_pieces=3", "refine_iterations=2", "refine_envs=8", "refine_attempts=2", "refine_steps=2",
+TINY = ["limit=6", "tabletop=false", "budget_pieces=3", "refine_iterations=2", "refine_envs=8", "refine_attempts=2", "refine_steps=2",
         "refine_robustness=2", "train_steps=40", "train_batch=16", "sample_n=8", "eval_poses=2", "eval_candidates=4", "videos=0",
         "hold.settle_s=0.02", "hold.hold_s=0.1", "lift.timestep=0.008", "lift.settle_s=0.5",
         "ppo.num_minibatches=2", "ppo.policy_hidden_sizes=32,32", "ppo.value_hidden_sizes=32,32",
@@ -84,10 +84,11 @@ def test_summary_has_the_figures_of_every_stage(run, capsys):
     assert o["kept_fraction"] == refine["objects"][BOTTLE]["kept_fraction"]
     assert o["adapted_success"] == refine["objects"][BOTTLE]["adapted_success"]
     assert o["pose_sampling_success"] == evaluate["objects"][BOTTLE]["rate"] and o["n_poses"] == 2
-    # Every selection mode that ran (the preset's check, then one-shot), on the same poses and samples.
-    assert list(o["pose_sampling"]) == ["check", "one-shot"]
+    # Every selection mode that ran (the preset's check, then one-shot and first), on the same poses and samples.
+    assert list(o["pose_sampling"]) == ["check", "one-shot", "first"]
     assert o["pose_sampling"]["check"]["success"] == o["pose_sampling_success"]
     assert o["pose_sampling"]["one-shot"]["physics_steps_choosing"] == 0
+    assert o["tabletop_lifted_pairs"] is None  # the stage is off in this tiny run
     for mode, m in o["pose_sampling"].items():
         assert m["n_poses"] == 2 and 0.0 <= m["ci95"][0] <= m["success"] <= m["ci95"][1] <= 1.0
         assert summary["mean"]["pose_sampling"][mode]["success"] == m["success"]
@@ -249,3 +250,25 @@ def test_diffusion_and_evaluate_stages_call_the_workflows_with_their_printed_com
         pipeline_workflow.sample_config(run, "builtin-box")
     assert cli_evaluate.config_from_args(parse(pipeline_workflow.evaluate_argv(run))) == \
         pipeline_workflow.evaluate_config(run)
+    from diffrl_jax.cli import tabletop as cli_tabletop
+
+    assert cli_tabletop.config_from_args(parse(pipeline_workflow.tabletop_argv(run))) == \
+        pipeline_workflow.tabletop_config(run)
+    # With the table-top stage on (the presets), the model trains on its pairs, with the pose condition.
+    assert pipeline_workflow.train_config(run).dataset == str(run.path("tabletop"))
+    assert pipeline_workflow.train_config(run).diffusion["pose_condition"] is True
+    off = pipeline_workflow.Run(tmp_path / "off", pipeline.config_from("quick", None, None,
+                                                                      {**assignments, "tabletop": "false"}))
+    assert pipeline_workflow.train_config(off).dataset == str(off.path("refine", "adapted"))
+    assert "pose_condition" not in pipeline_workflow.train_config(off).diffusion
+
+
+def test_a_tabletop_stage_without_lifted_pairs_stops_the_run(tmp_path):
+    from diffrl_jax.errors import DataError
+    from diffrl_jax.workflows import pipeline as pipeline_workflow
+
+    run = pipeline_workflow.Run(tmp_path / "run", pipeline.config_from("quick", None, None, {}))
+    (run.path("tabletop")).mkdir(parents=True)
+    (run.path("tabletop", "summary.json")).write_text(json.dumps({"pairs": {"train_lifted": 0}}))
+    with pytest.raises(DataError, match="no grasp lifted in any training pose"):
+        pipeline_workflow.stage_tabletop(run)

@@ -169,3 +169,26 @@ def test_a_pose_conditioned_model_trains_on_the_pairs_and_evaluates(labelled, tm
     # The pose-conditioned model on a dataset without up-direction labels.
     assert main(["train", str(SHARED_DATA), "--out", str(tmp_path / "bad"), "--steps", "10", *sets]) == 2
     assert "no up-direction labels" in capsys.readouterr().err
+
+
+def test_concatenate_pools_datasets_by_object(tmp_path):
+    from diffrl_jax.data.dexgraspnet import GraspDataset, concatenate
+
+    rng = np.random.default_rng(0)
+
+    def ds(codes, index, **extras):
+        n = len(index)
+        return GraspDataset(rng.normal(size=(n, 31)), np.full(n, 0.1), np.asarray(index, np.int32), codes,
+                            extras={k: np.asarray(v) for k, v in extras.items()})
+
+    a = ds(("b", "c"), [0, 1, 0], success=[1, 0, 1], only_a=[1, 2, 3])
+    b = ds(("a", "b"), [1, 0], success=[0, 1])
+    out = concatenate([a, b], label="dataset")
+    assert out.object_codes == ("a", "b", "c")
+    assert out.object_index.tolist() == [0, 1, 1, 1, 2]
+    # Within an object: the first dataset's grasps first, each in its order.
+    np.testing.assert_array_equal(out.grasps[1], a.grasps[0])
+    np.testing.assert_array_equal(out.grasps[2], a.grasps[2])
+    np.testing.assert_array_equal(out.grasps[3], b.grasps[0])
+    assert out.extras["dataset"].tolist() == [1, 0, 0, 1, 0]
+    assert out.extras["success"].tolist() == [1, 1, 1, 0, 0] and "only_a" not in out.extras

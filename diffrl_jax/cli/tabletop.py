@@ -29,7 +29,7 @@ def config_from_args(args: argparse.Namespace):
     from diffrl_jax.workflows.tabletop import TabletopRunConfig
 
     return TabletopRunConfig(
-        dataset=args.dir, protocol=lift_protocol(args.set),
+        dataset=args.dir[0], extra_datasets=tuple(args.dir[1:]), protocol=lift_protocol(args.set),
         objects=None if args.objects is None else tuple(args.objects), limit=args.limit,
         only_success=args.only_success, poses=args.poses, yaws=args.yaws, heldout_poses=args.heldout_poses,
         heldout_grasps=args.heldout_grasps, backend=args.backend, threads=args.threads,
@@ -55,7 +55,9 @@ def add_command(commands) -> None:
                     "up-direction, class and lift success) in DexGraspNet format; train on them with "
                     "`diffrl train OUT --set pose_condition=true`.",
     )
-    p.add_argument("dir", help="dataset directory (grasps/ and meshdata/ inside)")
+    p.add_argument("dir", nargs="+", metavar="DIR",
+                   help="dataset directories (grasps/ and meshdata/ inside); the grasps of several are "
+                        "pooled, the first one's meshes serving all")
     p.add_argument("--out", required=True, help="output directory (new)")
     p.add_argument("--objects", nargs="+", metavar="CODE", help="only these object codes")
     p.add_argument("--limit", type=positive_int, metavar="N", help="the first N grasps of each object")

@@ -326,6 +326,37 @@ def _parse_extras(records) -> dict[str, np.ndarray]:
     return extras
 
 
+def concatenate(datasets: Sequence[GraspDataset], label: str | None = None) -> GraspDataset:
+    """The grasps of several datasets as one, grouped by object (sorted codes), each object's in order.
+
+    Meshes are the first dataset's: every object must have its mesh under
+    the first dataset's root. Labels present in every dataset are kept;
+    `label` adds one more, the index of the dataset each grasp came from.
+    """
+    if not datasets:
+        raise ValueError("nothing to concatenate")
+    first = datasets[0]
+    codes = tuple(sorted({c for d in datasets for c in d.object_codes}))
+    if first.root is not None:
+        missing = [c for c in codes if not mesh_path(first.root, c).is_file()]
+        if missing:
+            raise DataError(f"{first.root} has no mesh for {missing[:3]}: the first dataset must hold "
+                            "every object's mesh")
+    names = set(first.extras).intersection(*(d.extras for d in datasets[1:]))
+    rows = []  # (object index in `codes`, dataset, row)
+    for k, d in enumerate(datasets):
+        remap = np.array([codes.index(c) for c in d.object_codes], np.int32)
+        rows += [(remap[d.object_index[i]], k, i) for i in range(len(d))]
+    rows.sort(key=lambda r: (r[0], r[1], r[2]))
+    take = lambda attr: np.array([getattr(datasets[k], attr)[i] for _, k, i in rows])  # noqa: E731
+    extras = {n: np.array([datasets[k].extras[n][i] for _, k, i in rows]) for n in sorted(names)}
+    if label is not None:
+        extras[label] = np.array([k for _, k, _ in rows], np.int32)
+    grasps = take("grasps").reshape(-1, grasp_arrays.GRASP_DIM)
+    return GraspDataset(grasps, take("scales"), np.array([o for o, _, _ in rows], np.int32), codes,
+                        root=first.root, extras=extras)
+
+
 def load_dexgraspnet(
     root,
     objects: Sequence[str] | None = None,

@@ -60,6 +60,10 @@ class TabletopRunConfig:
     """Every setting of `diffrl tabletop`."""
 
     dataset: str  # a DexGraspNet-format directory
+    # More directories whose grasps join the first's (its meshes serve all;
+    # `objects` selects in each, `limit` in the first only); the label
+    # source_dataset says which directory a pair's grasp came from.
+    extra_datasets: tuple[str, ...] = ()
     protocol: Any = None  # the `lift.LiftProtocol` (None: `lift.DEFAULT`)
     objects: tuple[str, ...] | None = None
     limit: int | None = None  # the first N grasps of each object
@@ -201,7 +205,7 @@ def _class_table(labels: dict, pose_out: np.ndarray, grasp_out: np.ndarray) -> l
 def run_tabletop(config: TabletopRunConfig, out, bars: Callable = no_bars) -> dict:
     """Labels every (grasp, resting pose) pair of `config.dataset` into `out`; returns the summary."""
     from diffrl_jax import configs
-    from diffrl_jax.data.dexgraspnet import GraspDataset, load_dexgraspnet, write_dexgraspnet
+    from diffrl_jax.data.dexgraspnet import GraspDataset, concatenate, load_dexgraspnet, write_dexgraspnet
     from diffrl_jax.diffusion.train import training_mask
     from diffrl_jax.files import write_json_atomic, write_npz_atomic
     from diffrl_jax.objects import assets
@@ -217,9 +221,15 @@ def run_tabletop(config: TabletopRunConfig, out, bars: Callable = no_bars) -> di
         raise OutputError(f"{out} exists and is not a directory")
     protocol = lift.DEFAULT if config.protocol is None else config.protocol.validate()
     budget = bank.ObjectBudget(pieces=config.budget_pieces).validate()
-    dataset = load_dexgraspnet(config.dataset, objects=None if config.objects is None else list(config.objects))
-    dataset = dataset.first_per_object(config.limit)
-    dataset = dataset.take(training_mask(dataset, config.only_success))
+    objects = None if config.objects is None else list(config.objects)
+    dataset = load_dexgraspnet(config.dataset, objects=objects).first_per_object(config.limit)
+    if config.extra_datasets:
+        extra = [load_dexgraspnet(d) for d in config.extra_datasets]
+        if objects is not None:
+            extra = [d.select([c for c in d.object_codes if c in objects]) for d in extra]
+        dataset = concatenate([dataset, *extra], label="dataset")
+    if config.only_success:
+        dataset = dataset.take(training_mask(dataset, True))
     backend = backends.get(config.backend, nthread=config.threads)
     template = lift.make_template(protocol, budget)
     grasp_out = split_heldout(dataset.object_index, config.heldout_grasps, config.seed)
@@ -280,7 +290,8 @@ def run_tabletop(config: TabletopRunConfig, out, bars: Callable = no_bars) -> di
     for stem, arrays in resting_files.items():
         write_npz_atomic(out / RESTING_DIR / f"{stem}.npz", arrays)
     summary = {
-        "source": str(pathlib.Path(config.dataset).resolve()), "objects": summary_objects,
+        "source": [str(pathlib.Path(d).resolve()) for d in (config.dataset, *config.extra_datasets)],
+        "objects": summary_objects,
         "pairs": {"train": written["train"], "heldout": written["heldout"],
                   "train_lifted": int(sum(np.sum(c["success"]) for _, c in records["train"])),
                   "heldout_lifted": int(sum(np.sum(c["success"]) for _, c in records["heldout"]))},
