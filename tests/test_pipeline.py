@@ -15,7 +15,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 BOTTLE = "sem-Bottle-437678d4bc6be981c8724d5673a063a6"
 # The shared bottle's first 6 grasps (2 hold under this protocol); a coarse, short hold
 # test, a tiny PPO run and diffusion model, 2 poses: every stage in about a minute.
-TINY = ["limit=6", "tabletop=false", "budget_pieces=3", "refine_iterations=2", "refine_envs=8", "refine_attempts=2", "refine_steps=2",
+TINY = ["limit=6", "tabletop=false", "eval_compare=one-shot,first", "budget_pieces=3", "refine_iterations=2", "refine_envs=8", "refine_attempts=2", "refine_steps=2",
         "refine_robustness=2", "train_steps=40", "train_batch=16", "sample_n=8", "eval_poses=2", "eval_candidates=4", "videos=0",
         "hold.settle_s=0.02", "hold.hold_s=0.1", "lift.timestep=0.008", "lift.settle_s=0.5",
         "ppo.num_minibatches=2", "ppo.policy_hidden_sizes=32,32", "ppo.value_hidden_sizes=32,32",
@@ -254,11 +254,14 @@ def test_diffusion_and_evaluate_stages_call_the_workflows_with_their_printed_com
 
     assert cli_tabletop.config_from_args(parse(pipeline_workflow.tabletop_argv(run))) == \
         pipeline_workflow.tabletop_config(run)
+    assert cli_tabletop.scorer_config_from_args(parse(pipeline_workflow.scorer_argv(run))) == \
+        pipeline_workflow.scorer_config(run)
+    assert pipeline_workflow.evaluate_config(run).scorer == str(run.path("train-scorer"))
     # With the table-top stage on (the presets), the model trains on its pairs, with the pose condition.
     assert pipeline_workflow.train_config(run).dataset == str(run.path("tabletop"))
     assert pipeline_workflow.train_config(run).diffusion["pose_condition"] is True
-    off = pipeline_workflow.Run(tmp_path / "off", pipeline.config_from("quick", None, None,
-                                                                      {**assignments, "tabletop": "false"}))
+    off = pipeline_workflow.Run(tmp_path / "off", pipeline.config_from(
+        "quick", None, None, {**assignments, "tabletop": "false", "eval_compare": "one-shot"}))
     assert pipeline_workflow.train_config(off).dataset == str(off.path("refine", "adapted"))
     assert "pose_condition" not in pipeline_workflow.train_config(off).diffusion
 
@@ -272,3 +275,8 @@ def test_a_tabletop_stage_without_lifted_pairs_stops_the_run(tmp_path):
     (run.path("tabletop", "summary.json")).write_text(json.dumps({"pairs": {"train_lifted": 0}}))
     with pytest.raises(DataError, match="no grasp lifted in any training pose"):
         pipeline_workflow.stage_tabletop(run)
+    # The learned selection has nothing to learn from without the table-top pairs.
+    from diffrl_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="learned selection needs the table-top pairs"):
+        pipeline.config_from("quick", None, None, {"tabletop": "false"})

@@ -48,6 +48,10 @@ def test_choose_modes_without_simulating():
     np.testing.assert_array_equal(chosen["one-shot"][1], [True, False, False])
     for mode in ("contact", "first"):
         np.testing.assert_array_equal(chosen[mode][1], [True, True, False])
+    # learned: the clear candidate of highest (learned) score, higher being better.
+    index, any_clear = map(np.asarray, pose_sampling.choose(score, clear, "learned"))
+    np.testing.assert_array_equal(index[:2], [0, 2])
+    np.testing.assert_array_equal(any_clear, [True, True, False])
 
 
 def test_choose_checked_prefers_most_directions_then_contact_order():

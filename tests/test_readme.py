@@ -69,7 +69,7 @@ def test_readme_synopsis_and_parser_name_the_same_commands_and_flags():
     entries = {}
     for line in block.splitlines():
         if line.startswith("diffrl "):
-            words = tuple(w for w in line.split()[1:] if re.fullmatch(r"[a-z]+", w))
+            words = tuple(w for w in line.split()[1:] if re.fullmatch(r"[a-z][a-z-]*", w))
             current = entries.setdefault(words, set())
         if line.startswith(("diffrl ", " ")):
             current.update(re.findall(r"--[a-z][a-z0-9-]*", line))

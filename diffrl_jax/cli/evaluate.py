@@ -31,7 +31,8 @@ def config_from_args(args: argparse.Namespace):
         candidates=args.candidates, select=args.select[0], compare=tuple(args.select[1:]),
         check_top=args.check_top, sampler=args.sampler,
         steps=args.steps, backend=args.backend, threads=args.threads, budget_pieces=args.budget_pieces,
-        seed=args.seed, videos=args.videos, pose_condition={"auto": None, "on": True, "off": False}[args.pose])
+        seed=args.seed, videos=args.videos, pose_condition={"auto": None, "on": True, "off": False}[args.pose],
+        scorer=args.scorer)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -69,7 +70,9 @@ def add_command(commands) -> None:
                         "--check-top of best contact score in the object frame, take the one holding in "
                         "most directions; its physics steps are counted), contact (kinematic contact "
                         "score only: no physics), first (the first clear one) or one-shot (the first "
-                        "sample, clear or not: nothing simulated, nothing rejected)")
+                        "sample, clear or not: nothing simulated, nothing rejected) or learned (the clear "
+                        "one of highest learned lift score, --scorer: nothing simulated)")
+    p.add_argument("--scorer", metavar="DIR", help="--select learned: a scorer made by diffrl train-scorer")
     p.add_argument("--pose", choices=("auto", "on", "off"), default="auto",
                    help="sample each pose's candidates for how the object lies (its up-direction): auto (the "
                         "default) when the model was trained with a pose condition; on with a model without "

@@ -19,6 +19,9 @@ rest, one is chosen (`select`):
 - "one-shot": the first candidate, clear or not: nothing is simulated or
   rejected, so a sample through the table is a failed pose. The figure of a
   sampler that is used as it is.
+- "learned": the clear candidate of highest learned lift score
+  (`evaluation.scorer`, a classifier trained on table-top pairs): nothing is
+  simulated to choose.
 
 With `pose_condition` the sampler is asked, pose by pose, for grasps of the
 object lying as it lies: `sample_fn` gets each pose's up-direction (world +z
@@ -45,6 +48,7 @@ import numpy as np
 
 from diffrl_jax import configs
 from diffrl_jax.configs import choice, integer, non_negative
+from diffrl_jax.errors import ConfigError
 from diffrl_jax.evaluation.selections import SELECTIONS, check_modes
 from diffrl_jax.evaluation.stats import rate
 from diffrl_jax.sim import backends, bank, hold, lift, resting
@@ -119,12 +123,15 @@ def choose(score: jax.Array, clear: jax.Array, select: str = "contact") -> tuple
     """score, clear: [P, K] -> (chosen index [P], any clear [P]).
 
     "contact": the clear candidate of lowest score; "first": the first clear one;
-    "one-shot": candidate 0, "any clear" then saying whether it is.
+    "one-shot": candidate 0, "any clear" then saying whether it is; "learned":
+    the clear candidate of highest score (a learned lift score).
     """
     if select == "one-shot":
         return jnp.zeros(score.shape[:-1], jnp.int32), clear[..., 0]
     if select == "first":
         key = jnp.where(clear, jnp.arange(score.shape[-1])[None, :], score.shape[-1])
+    elif select == "learned":
+        key = jnp.where(clear, -score, jnp.inf)
     else:
         key = jnp.where(clear, score, jnp.inf)
     return jnp.argmin(key, axis=-1), jnp.any(clear, axis=-1)
@@ -206,15 +213,19 @@ def settle_poses(template: lift.LiftTemplate, prepared: bank.PreparedObject, n: 
 
 def evaluate_object(template: lift.LiftTemplate, prepared: bank.PreparedObject, sample_fn,
                     config: PoseSamplingConfig, backend: str | backends.Backend = "mjx",
-                    nthread: int | None = None) -> dict:
+                    nthread: int | None = None, score_fn=None) -> dict:
     """One object through pose sampling; returns the summary and per-pose records.
 
     sample_fn(n, seed) -> object-frame grasps [n, 31] (the diffusion sampler
     bound to this object's condition); with `config.pose_condition`,
-    sample_fn(n, seed, up) with up [n, 3] the up-direction of each sample's pose. Timings are per stage; physics steps
+    sample_fn(n, seed, up) with up [n, 3] the up-direction of each sample's pose.
+    score_fn(grasps [P, K, 31], up [P, 3]) -> [P, K], higher better: the
+    learned score "learned" ranks by (required for that mode). Timings are per stage; physics steps
     are counted for settling, choosing ("check" only) and lifting.
     """
     config.validate()
+    if "learned" in config.modes and score_fn is None:
+        raise ConfigError("--select learned needs a learned scorer (--scorer DIR, made by `diffrl train-scorer`)")
     backend = backends.get(backend, nthread=nthread)
     timings = {}
     fields = template.fields(prepared)
@@ -235,7 +246,11 @@ def evaluate_object(template: lift.LiftTemplate, prepared: bank.PreparedObject, 
     t = time.perf_counter()
     world, clear, score, clearance = _prepare(template, fields, poses.astype(np.float32),
                                               float(config.penetration_weight), grasps)
-    chosen = {mode: _choose(template, prepared, grasps, score, clear, mode, config, backend)
+    learned = None
+    if "learned" in config.modes:
+        learned = np.asarray(score_fn(grasps, resting.up_direction(poses[:, 3:]).astype(np.float32)))
+    chosen = {mode: _choose(template, prepared, grasps, learned if mode == "learned" else score, clear, mode,
+                            config, backend)
               for mode in config.modes}
     world, clear, score, clearance = jax.device_get((world, clear, score, clearance))
     clear_fraction = clear.mean(axis=-1)

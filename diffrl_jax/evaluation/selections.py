@@ -1,7 +1,7 @@
 """How pose sampling chooses one of a pose's sampled grasps (`pose_sampling`'s docstring
 says what each does). A module of its own so the command line can list them without JAX."""
 
-SELECTIONS = ("check", "contact", "first", "one-shot")
+SELECTIONS = ("check", "contact", "first", "one-shot", "learned")
 
 
 def check_modes(select, compare, what: str) -> None:

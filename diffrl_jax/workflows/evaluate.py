@@ -20,6 +20,7 @@ the host-side loop over objects around `pose_sampling.evaluate_object`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 import re
 import tempfile
@@ -55,6 +56,7 @@ class EvaluateRunConfig:
     # Sample each pose's candidates for its up-direction: None when the model
     # has a pose condition; True with a model without one is an error.
     pose_condition: bool | None = None
+    scorer: str | None = None  # a `diffrl train-scorer` directory: what --select learned ranks by
 
 
 def object_asset(spec):
@@ -180,6 +182,8 @@ def run_evaluate(config: EvaluateRunConfig, out, *, bars: Callable[..., Any] = n
     sampling = pose_sampling.PoseSamplingConfig(
         poses=config.poses, candidates=config.candidates, select=config.select, check_top=config.check_top,
         sampler=config.sampler, steps=config.steps, seed=config.seed, compare=tuple(config.compare)).validate()
+    if "learned" in sampling.modes and config.scorer is None:  # before anything is loaded
+        raise ConfigError("--select learned needs --scorer DIR (a scorer made by `diffrl train-scorer`)")
     trained = pipeline.load_trained(config.checkpoint)
     has_pose = pipeline.has_pose_condition(trained)
     if config.pose_condition and not has_pose:
@@ -187,6 +191,14 @@ def run_evaluate(config: EvaluateRunConfig, out, *, bars: Callable[..., Any] = n
                           "without --pose on, or train on a table-top dataset with --set pose_condition=true")
     use_pose = has_pose if config.pose_condition is None else bool(config.pose_condition)
     sampling = dataclasses.replace(sampling, pose_condition=use_pose)
+    scorer = None
+    if "learned" in sampling.modes:
+        from diffrl_jax.evaluation.scorer import load_scorer
+
+        scorer, scorer_config = load_scorer(config.scorer)
+        if scorer_config.encoding_points != trained.config.encoding_points:
+            raise ConfigError(f"the scorer in {config.scorer} encodes objects with {scorer_config.encoding_points} "
+                              f"points, the model with {trained.config.encoding_points}")
     names = list(config.objects or ()) or list(trained.dataset.get("object_codes", []))
     if not names:
         raise ConfigError("the checkpoint names no training objects: pass --objects")
@@ -213,8 +225,11 @@ def run_evaluate(config: EvaluateRunConfig, out, *, bars: Callable[..., Any] = n
                 return pipeline.sample_grasps(trained, spec.cond, n, method=sampling.sampler, steps=sampling.steps,
                                               seed=seed, guidance_scale=sampling.guidance, pose=up)
 
+            score_fn = None
+            if scorer is not None:
+                score_fn = functools.partial(_learned_score, scorer, spec.cond)
             result = pose_sampling.evaluate_object(template, prepared, sample_fn, sampling, config.backend,
-                                                   nthread=config.threads)
+                                                   nthread=config.threads, score_fn=score_fn)
             objects[spec.code] = {"scale": spec.scale, "seen_in_training": spec.seen, **result["summary"]}
             records += [{"object": spec.code, **r} for r in result["records"]]
             evaluated.append((spec.code, prepared, result["records"]))
@@ -255,6 +270,20 @@ def run_evaluate(config: EvaluateRunConfig, out, *, bars: Callable[..., Any] = n
     summary["grasp_images"] = written["grasp_images"]
     write_json_atomic(out / "summary.json", summary)  # last: its presence marks a finished evaluation
     return summary
+
+
+def _learned_score(scorer, cond, grasps, up):
+    """Object-frame grasps [P, K, 31], up [P, 3] -> the scorer's logits [P, K]."""
+    import numpy as np
+
+    return np.asarray(_score_program()(scorer, grasps, np.asarray(cond, np.float32), up))
+
+
+@functools.lru_cache(maxsize=1)
+def _score_program():
+    import jax
+
+    return jax.jit(lambda scorer, grasps, cond, up: scorer.score(grasps, cond, up[:, None, :]))
 
 
 def summary_lines(summary: dict, out) -> list[str]:

@@ -19,8 +19,9 @@ by hand:
     tabletop  the raw and adapted grasps on the object's resting poses, the clear
               pairs lifted (`diffrl tabletop`); with `tabletop` off, skipped
     train     the diffusion model on the lifted table-top pairs, conditioned on
-              the resting pose (`diffrl train`); with `tabletop` off, on the
-              adapted grasps without a pose condition
+              the resting pose (`diffrl train`), and the learned lift score of
+              `--select learned` on all its pairs (`diffrl train-scorer`); with
+              `tabletop` off, on the adapted grasps without a pose condition
     sample    grasps sampled per object, hold-tested (`diffrl sample`, `diffrl validate`)
     evaluate  pose sampling: objects on a table, sampled grasps lifted (`diffrl evaluate`)
     report    RUN_DIR/summary.json, RUN_DIR/report.md and its plots
@@ -147,6 +148,9 @@ class PipelineConfig:
         check_modes(self.eval_select, tuple(self.eval_compare), "pipeline eval")
         if not isinstance(self.tabletop, bool):
             raise ConfigError(f"tabletop must be true or false, got {self.tabletop!r}")
+        if "learned" in (self.eval_select, *self.eval_compare) and not self.tabletop:
+            raise ConfigError("the learned selection needs the table-top pairs to learn from: set tabletop=true, "
+                              "or leave learned out of eval_select and eval_compare")
         if self.tabletop and self.tabletop_poses < 2:
             raise ConfigError(f"tabletop_poses must be at least 2 (a fifth is held out), got {self.tabletop_poses}")
         if self.refine_block is not None and not (isinstance(self.refine_block, int) and self.refine_block >= 1):
@@ -205,12 +209,13 @@ PRESETS = {
     # minutes on a busy 2-core CPU from a cold compilation cache.
     # With the pose condition most samples clear the table (56-74%), so 256
     # candidates and a check of 16 leave no pose without a clear one.
-    "quick": PipelineConfig(eval_candidates=256, eval_check_top=16, eval_compare=("one-shot", "first")),
+    "quick": PipelineConfig(eval_candidates=256, eval_check_top=16, eval_compare=("one-shot", "first", "learned")),
     # The three shared DexGraspNet objects at full size, MJX on one GPU.
     "paper": PipelineConfig(dataset="", objects=(), backend="mjx", refine_preset="gpu",
                             refine_iterations=60, refine_envs=1024, refine_attempts=128,
                             refine_robustness=16, train_min_robustness=0.5,
                             train_steps=20000, train_batch=1024, sample_n=1024, tabletop_poses=32,
+                            eval_compare=("one-shot", "first", "learned"),
                             eval_poses=100, eval_candidates=1024, eval_check_top=32, videos=2),
 }
 
@@ -567,6 +572,7 @@ def train_config(run: Run):
 
 
 def stage_train(run: Run) -> None:
+    from diffrl_jax import checkpoint
     from diffrl_jax.workflows.diffusion import run_train, train_message
 
     out = run.path("train")
@@ -575,6 +581,40 @@ def stage_train(run: Run) -> None:
         print(train_message(_locked(out, "diffrl train", lambda: run_train(train_config(run), out, bars=run.bars))))
 
     run.call("train", train_argv(run), train)
+    if not run.config.tabletop:
+        return
+    from diffrl_jax.workflows.tabletop import run_train_scorer
+
+    scorer = run.path("train-scorer")
+    if checkpoint.latest_step(scorer) is None:  # an interrupted scorer training starts again
+        shutil.rmtree(scorer, ignore_errors=True)
+
+        def train_scorer():
+            record = _locked(scorer, "diffrl train-scorer",
+                             lambda: run_train_scorer(run.path("tabletop"), scorer, scorer_config(run), run.bars))
+            print(f"scorer trained on {record['pairs']} pairs ({record['positives']} lifted): "
+                  f"training accuracy {record['train_accuracy']:.3f}")
+
+        run.call("train", scorer_argv(run), train_scorer)
+
+
+def scorer_config(run: Run):
+    """The train stage's `ScorerConfig`: the object encoding of the diffusion model's config."""
+    from diffrl_jax.diffusion.config import DiffusionConfig
+    from diffrl_jax.evaluation.scorer import ScorerConfig
+
+    d = DiffusionConfig(**{k: v for k, v in train_config(run).diffusion.items()
+                           if k in {f.name for f in dataclasses.fields(DiffusionConfig)}})
+    return ScorerConfig(encoding_points=d.encoding_points, encoding_radius=d.encoding_radius,
+                        encoding_samples=d.encoding_samples, seed=run.config.seed)
+
+
+def scorer_argv(run: Run) -> list[str]:
+    """`diffrl train-scorer ...` equivalent to the train stage's scorer call (printed as its record)."""
+    s = scorer_config(run)
+    return ["train-scorer", str(run.path("tabletop")), "--out", str(run.path("train-scorer")),
+            "--set", f"encoding_points={s.encoding_points}", "--set", f"encoding_radius={s.encoding_radius}",
+            "--set", f"encoding_samples={s.encoding_samples}", "--set", f"seed={s.seed}"]
 
 
 def sample_argv(run: Run, code: str) -> list[str]:
@@ -614,7 +654,11 @@ def evaluate_argv(run: Run) -> list[str]:
             *trained_codes(run), "--poses", str(c.eval_poses), "--candidates", str(c.eval_candidates),
             "--select", c.eval_select, *c.eval_compare, "--check-top", str(c.eval_check_top), "--backend", c.backend,
             "--budget-pieces", str(c.budget_pieces), "--seed", str(c.seed), "--videos", str(c.videos),
-            *run._lift_sets()]
+            *(["--scorer", str(run.path("train-scorer"))] if _uses_scorer(c) else []), *run._lift_sets()]
+
+
+def _uses_scorer(c: PipelineConfig) -> bool:
+    return "learned" in (c.eval_select, *c.eval_compare)
 
 
 def evaluate_config(run: Run):
@@ -627,7 +671,8 @@ def evaluate_config(run: Run):
         checkpoint=str(run.path("train")), protocol=protocol, objects=tuple(trained_codes(run)),
         poses=c.eval_poses, candidates=c.eval_candidates, select=c.eval_select, compare=tuple(c.eval_compare),
         check_top=c.eval_check_top,
-        backend=c.backend, budget_pieces=c.budget_pieces, seed=c.seed, videos=c.videos)
+        backend=c.backend, budget_pieces=c.budget_pieces, seed=c.seed, videos=c.videos,
+        scorer=str(run.path("train-scorer")) if _uses_scorer(c) else None)
 
 
 def stage_evaluate(run: Run) -> None:

@@ -317,3 +317,24 @@ def summary_lines(summary: dict) -> list[str]:
                  f"({pairs['heldout_lifted']} lifted); {summary['physics_steps']} physics steps, "
                  f"{summary['seconds']:.0f} s on {summary['device']}")
     return lines
+
+
+def run_train_scorer(dataset_dir, out, config=None, bars: Callable = no_bars) -> dict:
+    """Trains the learned lift score (`evaluation.scorer`, `config` a `ScorerConfig`, None: the
+    default) on a table-top dataset into `out`; returns its training record. `out` must not hold a
+    scorer yet."""
+    from diffrl_jax import checkpoint
+    from diffrl_jax.data.dexgraspnet import load_dexgraspnet
+    from diffrl_jax.evaluation.scorer import ScorerConfig, save_scorer, train_scorer
+
+    config = (ScorerConfig() if config is None else config).validate()
+    out = pathlib.Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a directory")
+    if checkpoint.latest_step(out) is not None:
+        raise DataError(f"{out} already holds a scorer; choose another --out")
+    dataset = load_dexgraspnet(dataset_dir)
+    with bars("training the scorer", config.steps, "step") as bar:
+        scorer, record = train_scorer(dataset, config, progress=bar.update)
+    save_scorer(out, scorer, config, record)
+    return record
