@@ -25,6 +25,13 @@ def test_bce_loss_matches_the_formula():
     np.testing.assert_allclose(scorer_lib.bce_loss(logits, labels, 3.0), weighted, rtol=1e-5)
 
 
+def test_auc_counts_ordered_pairs_and_ties():
+    assert scorer_lib.auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75  # 3 of 4 (pos, neg) pairs ordered
+    assert scorer_lib.auc([1.0, 1.0], [0, 1]) == 0.5
+    assert scorer_lib.auc([2.0, 1.0, 0.0], [1, 0, 0]) == 1.0
+    assert scorer_lib.auc([0.3, 0.2], [1, 1]) is None
+
+
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     """A table-top-like dataset of the built-in box: a pair lifts when its pose is upright and

@@ -63,7 +63,9 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
     record = run_train_scorer(args.dir, args.out, scorer_config_from_args(args), bars=TqdmBars())
     print(json.dumps(record, indent=2) if args.json else
           f"scorer trained on {record['pairs']} pairs ({record['positives']} lifted): loss {record['loss']:.4f}, "
-          f"training accuracy {record['train_accuracy']:.3f}; saved in {args.out}")
+          f"training accuracy {record['train_accuracy']:.3f}"
+          + (f"; held-out pairs: AUC {record['heldout_auc']:.3f}, accuracy {record['heldout_accuracy']:.3f}"
+             if record.get("heldout_auc") is not None else "") + f"; saved in {args.out}")
     return 0
 
 

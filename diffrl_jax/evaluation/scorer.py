@@ -156,6 +156,32 @@ def train_scorer(dataset, config: ScorerConfig = ScorerConfig(), progress=None):
                     "train_accuracy": accuracy}
 
 
+def auc(scores, labels) -> float | None:
+    """The area under the ROC curve: the chance a random positive scores above a random negative
+    (ties count half). None without both classes."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+    pos, neg = scores[labels], scores[~labels]
+    if not len(pos) or not len(neg):
+        return None
+    ranks = np.empty(len(scores))
+    order = np.argsort(scores, kind="stable")
+    ranks[order] = np.arange(1, len(scores) + 1)
+    for value in np.unique(scores):  # average ranks over ties
+        tie = scores == value
+        ranks[tie] = ranks[tie].mean()
+    return float((ranks[labels].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def dataset_scores(scorer: Scorer, dataset, config: ScorerConfig) -> np.ndarray:
+    """The scorer's logit of every pair of a table-top dataset `[N]`."""
+    from diffrl_jax.diffusion.train import grasp_training_data, pose_conditions
+
+    samples, conds, cond_index, _ = grasp_training_data(dataset, config, only_success=False)
+    up = pose_conditions(dataset, np.ones(len(dataset), bool))
+    g = (jnp.asarray(samples, jnp.float32) - scorer.mean) / scorer.std
+    return np.asarray(scorer.net.apply(scorer.params, g, jnp.asarray(conds, jnp.float32)[cond_index], jnp.asarray(up)))
+
+
 def save_scorer(directory, scorer: Scorer, config: ScorerConfig, record: dict) -> None:
     from diffrl_jax import checkpoint
 

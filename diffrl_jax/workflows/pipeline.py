@@ -210,13 +210,20 @@ PRESETS = {
     # With the pose condition most samples clear the table (56-74%), so 256
     # candidates and a check of 16 leave no pose without a clear one.
     "quick": PipelineConfig(eval_candidates=256, eval_check_top=16, eval_compare=("one-shot", "first", "learned")),
-    # The three shared DexGraspNet objects at full size, MJX on one GPU.
-    "paper": PipelineConfig(dataset="", objects=(), backend="mjx", refine_preset="gpu",
-                            refine_iterations=60, refine_envs=1024, refine_attempts=128,
-                            refine_robustness=16, train_min_robustness=0.5,
-                            train_steps=20000, train_batch=1024, sample_n=1024, tabletop_poses=32,
+    # The three shared DexGraspNet objects (--dataset DIR), 100 poses each, on a
+    # CPU with MuJoCo's C engine: the refine preset's PPO, then every raw and
+    # adapted grasp on 32 resting poses per object and scale.
+    "paper": PipelineConfig(dataset="", objects=(), backend="mujoco", refine_preset="cpu",
+                            train_steps=5000, sample_n=256, tabletop_poses=32,
                             eval_compare=("one-shot", "first", "learned"),
-                            eval_poses=100, eval_candidates=1024, eval_check_top=32, videos=2),
+                            eval_poses=100, eval_candidates=256, eval_check_top=16, videos=2),
+    # The same objects with MJX on one GPU: a larger PPO run, robustness labels.
+    "paper-gpu": PipelineConfig(dataset="", objects=(), backend="mjx", refine_preset="gpu",
+                                refine_iterations=60, refine_envs=1024, refine_attempts=128,
+                                refine_robustness=16, train_min_robustness=0.5,
+                                train_steps=20000, train_batch=1024, sample_n=1024, tabletop_poses=32,
+                                eval_compare=("one-shot", "first", "learned"),
+                                eval_poses=100, eval_candidates=1024, eval_check_top=32, videos=2),
 }
 
 

@@ -325,7 +325,7 @@ def run_train_scorer(dataset_dir, out, config=None, bars: Callable = no_bars) ->
     scorer yet."""
     from diffrl_jax import checkpoint
     from diffrl_jax.data.dexgraspnet import load_dexgraspnet
-    from diffrl_jax.evaluation.scorer import ScorerConfig, save_scorer, train_scorer
+    from diffrl_jax.evaluation.scorer import ScorerConfig, auc, dataset_scores, save_scorer, train_scorer
 
     config = (ScorerConfig() if config is None else config).validate()
     out = pathlib.Path(out)
@@ -336,5 +336,12 @@ def run_train_scorer(dataset_dir, out, config=None, bars: Callable = no_bars) ->
     dataset = load_dexgraspnet(dataset_dir)
     with bars("training the scorer", config.steps, "step") as bar:
         scorer, record = train_scorer(dataset, config, progress=bar.update)
+    heldout = pathlib.Path(dataset_dir) / HELDOUT_DIR
+    if (heldout / "grasps").is_dir():  # the pairs of held-out poses and grasps: the scorer never saw them
+        pairs = load_dexgraspnet(heldout)
+        scores = dataset_scores(scorer, pairs, config)
+        labels = np.asarray(pairs.extras["success"]) > 0
+        record.update(heldout_pairs=int(len(pairs)), heldout_positives=int(labels.sum()),
+                      heldout_auc=auc(scores, labels), heldout_accuracy=float(np.mean((scores > 0) == labels)))
     save_scorer(out, scorer, config, record)
     return record
