@@ -114,10 +114,19 @@ def _make_block(config: ScorerConfig, net: ScoreNet, optimizer):
     return block
 
 
+def _features(dataset, config: ScorerConfig):
+    """Every pair of a table-top dataset -> (grasps [N, 31], conditions [M, C], condition index [N],
+    up-directions [N, 3]): the scorer's inputs, for training and for scoring alike."""
+    from diffrl_jax.diffusion.train import grasp_training_data, pose_conditions
+
+    samples, conds, cond_index, _ = grasp_training_data(dataset, config, only_success=False)
+    return samples, conds, cond_index, pose_conditions(dataset, np.ones(len(dataset), bool))
+
+
 def train_scorer(dataset, config: ScorerConfig = ScorerConfig(), progress=None):
     """A `Scorer` fitted to the `success` labels of a table-top dataset (`GraspDataset`), and
     its training record {"pairs", "positives", "loss", "train_accuracy"}."""
-    from diffrl_jax.diffusion.train import POSE_LABELS, grasp_training_data, pose_conditions
+    from diffrl_jax.diffusion.train import POSE_LABELS
 
     config.validate()
     if "success" not in dataset.extras or any(n not in dataset.extras for n in POSE_LABELS):
@@ -127,9 +136,7 @@ def train_scorer(dataset, config: ScorerConfig = ScorerConfig(), progress=None):
     if y.min() == y.max():
         raise DataError(f"{dataset.root}: every pair is labelled {'lifted' if y[0] else 'not lifted'}: "
                         "a classifier needs both")
-    samples, conds, cond_index, _ = grasp_training_data(dataset, config, only_success=False)
-    keep = np.ones(len(dataset), bool)
-    up = pose_conditions(dataset, keep)
+    samples, conds, cond_index, up = _features(dataset, config)
     mean, std = samples.mean(0), np.maximum(samples.std(0), 1e-3)
     data = {"x": jnp.asarray((samples - mean) / std, jnp.float32), "cond": jnp.asarray(conds, jnp.float32),
             "cond_index": jnp.asarray(cond_index, jnp.int32), "up": jnp.asarray(up), "y": jnp.asarray(y)}
@@ -174,10 +181,7 @@ def auc(scores, labels) -> float | None:
 
 def dataset_scores(scorer: Scorer, dataset, config: ScorerConfig) -> np.ndarray:
     """The scorer's logit of every pair of a table-top dataset `[N]`."""
-    from diffrl_jax.diffusion.train import grasp_training_data, pose_conditions
-
-    samples, conds, cond_index, _ = grasp_training_data(dataset, config, only_success=False)
-    up = pose_conditions(dataset, np.ones(len(dataset), bool))
+    samples, conds, cond_index, up = _features(dataset, config)
     g = (jnp.asarray(samples, jnp.float32) - scorer.mean) / scorer.std
     return np.asarray(scorer.net.apply(scorer.params, g, jnp.asarray(conds, jnp.float32)[cond_index], jnp.asarray(up)))
 
