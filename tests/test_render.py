@@ -244,7 +244,7 @@ def fake_evaluation(setup, monkeypatch):
     empty = grasp.copy()
     empty[:3] += EMPTY_OFFSET
 
-    def evaluate_object(template, prepared, sample_fn, config, backend, nthread=None):
+    def evaluate_object(template, prepared, sample_fn, config, backend, nthread=None, score_fn=None):
         records = [{"pose": k, "object_pose": pose.tolist(), "grasp": g.tolist(), "success": s,
                     "clear_candidates": 1.0} for k, (g, s) in enumerate([(grasp, True), (empty, False)])]
         one = rate(1, 2)
@@ -254,7 +254,8 @@ def fake_evaluation(setup, monkeypatch):
         return {"summary": {**one, "no_clear_candidate": 0, "pose_sampling": modes, "timings_s": {}},
                 "records": records}
 
-    monkeypatch.setattr(pipeline, "load_trained", lambda path: SimpleNamespace(dataset={}, step=0))
+    monkeypatch.setattr(pipeline, "load_trained", lambda path: SimpleNamespace(dataset={}, step=0,
+                                                                              model=SimpleNamespace(pose_dim=0)))
     monkeypatch.setattr(pipeline, "resolve_object",
                         lambda trained, name, scale=None: SimpleNamespace(code="builtin-cylinder", scale=1.0,
                                                                           seen=False))
