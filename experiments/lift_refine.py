@@ -46,8 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lift_refine", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--objects", nargs="+", default=["box", "cylinder", "mug"], metavar="NAME",
-                        help="built-in objects (default: box cylinder mug)")
+    parser.add_argument("--objects", nargs="+", metavar="NAME",
+                        help="built-in objects (default: box cylinder mug), or with --dataset object codes "
+                             "(default: all of them)")
+    parser.add_argument("--dataset", nargs="+", metavar="DIR",
+                        help="DexGraspNet directories to refine instead of the example grasps (pooled, "
+                             "e.g. a pipeline run's dataset/ and refine/adapted/)")
+    parser.add_argument("--min-clearance", type=float, metavar="M",
+                        help="draw only (grasp, pose) pairs whose unedited grasp clears the table by M metres "
+                             "(negative: reaches at most -M into it), in training and in the comparison; "
+                             "default: every pair")
+    parser.add_argument("--grasps-cap", type=positive_int, metavar="N",
+                        help="with --dataset: at most N grasps per object (the first ones)")
     parser.add_argument("--grasps", type=positive_int, default=32, metavar="N", help="example grasps per object")
     parser.add_argument("--poses", type=positive_int, default=10, metavar="P", help="resting poses per object")
     parser.add_argument("--envs", type=positive_int, default=64, metavar="B", help="PPO num_envs")
@@ -79,6 +89,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from diffrl_jax import configs
     from diffrl_jax.data.dexgraspnet import (
+        concatenate,
         load_dexgraspnet,
         write_dexgraspnet,
         write_mesh,
@@ -95,11 +106,17 @@ def run(args: argparse.Namespace) -> dict:
         **typed_assignments(args.refine, "--refine", lift_env.LiftRefineConfig, "lift refine config"))
     backend = backends.MuJoCo(args.threads)
     with tempfile.TemporaryDirectory() as root:
-        for name in args.objects:
-            source, text = example_dataset(name, args.grasps, seed=args.seed)
-            write_mesh(root, source.object_codes[0], text)
-            write_dexgraspnet(root, source)
-        dataset = load_dexgraspnet(root)
+        if args.dataset:
+            dataset = concatenate([load_dexgraspnet(d) for d in args.dataset])
+            if args.objects:
+                dataset = dataset.select(args.objects)
+            dataset = dataset.first_per_object(args.grasps_cap)
+        else:
+            for name in args.objects or ["box", "cylinder", "mug"]:
+                source, text = example_dataset(name, args.grasps, seed=args.seed)
+                write_mesh(root, source.object_codes[0], text)
+                write_dexgraspnet(root, source)
+            dataset = load_dexgraspnet(root)
         problem = lift_env.build_lift_problem(dataset, protocol, backend, bank.ObjectBudget(pieces=args.budget_pieces),
                                               poses_per_object=args.poses, seed=args.seed)
     _log(f"problem: {len(dataset)} grasps on {len(problem.entries)} objects, "
@@ -107,7 +124,10 @@ def run(args: argparse.Namespace) -> dict:
          f"each ({time.perf_counter() - start_time:.0f} s)")
 
     # Training (host loop: not jittable; each iteration is one compiled call).
-    env = lift_env.make_lift_env(problem, config, backend)
+    env = lift_env.make_lift_env(problem, config, backend, min_clearance_m=args.min_clearance)
+    if env.data.pairs is not None:
+        _log(f"training pairs clearing the table by {args.min_clearance} m: {env.data.pairs.shape[0]} of "
+             f"{env.data.grasps.shape[0] * env.data.poses.shape[1]}")
     ppo_config = ppo.PPOConfig(num_envs=args.envs, num_iterations=args.iterations, num_minibatches=2,
                                num_epochs=4, learning_rate=3e-4, entropy_cost=1e-3, init_action_std=0.1)
     state = ppo.init(ppo_config, env, jax.random.PRNGKey(args.seed))
@@ -131,11 +151,14 @@ def run(args: argparse.Namespace) -> dict:
              + "  ".join(f"{row[t_]:+.3f}" for t_ in terms) + f"  {row['seconds']:.1f}")
 
     # Held-out (grasp, pose) pairs with random yaws and offsets.
-    test_env = lift_env.make_lift_env(problem, config, backend, heldout_poses=True)
+    test_env = lift_env.make_lift_env(problem, config, backend, heldout_poses=True, min_clearance_m=args.min_clearance)
     n_rows, n_poses = test_env.data.grasps.shape[0], test_env.data.poses.shape[1]
     rng = np.random.default_rng(args.seed + 1)
-    index = np.repeat(np.arange(n_rows), n_poses * args.pairs_per_grasp)
-    pose_index = np.tile(np.repeat(np.arange(n_poses), args.pairs_per_grasp), n_rows)
+    if test_env.data.pairs is None:
+        pairs = np.stack(np.meshgrid(np.arange(n_rows), np.arange(n_poses), indexing="ij"), -1).reshape(-1, 2)
+    else:
+        pairs = np.asarray(test_env.data.pairs)
+    index, pose_index = np.repeat(pairs[:, 0], args.pairs_per_grasp), np.repeat(pairs[:, 1], args.pairs_per_grasp)
     n = len(index)
     yaw = rng.uniform(-np.pi, np.pi, n) if config.randomize_yaw else np.zeros(n)
     offset = rng.uniform(-config.table_jitter_m, config.table_jitter_m, (n, 2))
@@ -166,7 +189,8 @@ def run(args: argparse.Namespace) -> dict:
              f"random, best of {k}": best(rand),
              f"policy, deterministic + {k - 1} samples": best([1] + list(range(2 + k, 1 + 2 * k)))}
     return {
-        "objects": list(args.objects), "grasps_per_object": args.grasps, "poses_per_object": args.poses,
+        "objects": list(dataset.object_codes), "datasets": args.dataset, "min_clearance_m": args.min_clearance,
+        "grasps_per_object": args.grasps, "poses_per_object": args.poses,
         "protocol": configs.to_json(protocol), "refine": config.to_json(), "ppo": ppo_config.to_json(),
         "training": history, "jit_seconds": jit_s, "heldout_pairs": n, "spread": spread.tolist(), "comparison": table,
         "seconds": time.perf_counter() - start_time,

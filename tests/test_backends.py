@@ -2,9 +2,9 @@
 same result types, and agreement on a small fixed batch.
 
 The scene is test_lift's (upright built-in objects, budget of two pieces, a coarse
-0.008 s timestep) and its lifting box grasp; the hold check runs the program
-test_pose_sampling compiles (the lift's physics, padded to 4 rows), so the
-persistent compilation cache serves it.
+0.008 s timestep) and its lifting box grasp; pose sampling's hold check
+(`pose_sampling._check`, the lift's physics padded to 4 rows) is tested here,
+after the fixture compiled its program, so the compilation cache serves it.
 """
 
 import jax
@@ -80,6 +80,16 @@ def test_same_result_types(runs):
         assert all(jax.tree_util.tree_leaves(kinds)), op
     assert c["hold"].held.shape == (2, 6) and c["lift"].success.shape == (2,)
     assert c["poses"].shape == (2, 7)
+
+
+def test_pose_sampling_check_runs_on_both_backends(world, runs):
+    """Pose sampling's check (`_check`: directions held under `hold_protocol_for`) of the
+    lifting grasp and of an empty hand is the backends' hold count, on both."""
+    for name, backend in BACKENDS.items():
+        held = pose_sampling._check(world["template"], world["prepared"], world["grasps"],
+                                    backend, size=4)
+        assert held.shape == (2,)
+        np.testing.assert_array_equal(held, runs[name]["hold"].held.sum(-1), err_msg=name)
 
 
 def test_backends_agree_on_a_small_batch(runs):

@@ -115,6 +115,26 @@ def test_jitter_must_keep_objects_on_the_table(setup):
         LiftRefineEnv(setup["template"], setup["data"], setup["env"].lift, LiftRefineConfig(table_jitter_m=0.5))
 
 
+def test_draw_keeps_to_the_given_pairs(setup):
+    data = setup["data"].replace(pairs=jnp.asarray([[2, 1], [0, 0]], jnp.int32))
+    env = LiftRefineEnv(setup["template"], data, setup["env"].lift)
+    index, pose_index, _, _ = jax.vmap(env.draw)(jax.random.split(jax.random.key(0), 64))
+    assert set(zip(np.asarray(index).tolist(), np.asarray(pose_index).tolist())) == {(2, 1), (0, 0)}
+    with pytest.raises(ConfigError, match=r"pairs must be \[K > 0, 2\]"):
+        LiftRefineEnv(setup["template"], setup["data"].replace(pairs=jnp.zeros((0, 2), jnp.int32)), env.lift)
+
+
+def test_pair_clearance_is_the_environments(setup, batch):
+    """The host-side clearance matrix (which pairs an episode may draw) equals the clearance of
+    the start states: the box grasp upright, pushed through the table, the cylinder's."""
+    data = setup["data"]
+    matrix = lift_env.pair_clearance(setup["template"], data.fields, data.grasps, data.object_id, data.poses, chunk=4)
+    assert matrix.shape == (3, 2)
+    rows, poses = [0, 1, 2], [0, 0, 1]
+    np.testing.assert_allclose(matrix[rows, poses], batch["start"].info["clearance"][:3], atol=1e-5)
+    assert matrix[1, 0] < 0 < matrix[0, 0]  # the pushed-down grasp reaches into the table
+
+
 def test_edit_is_refine_envs_correction_within_the_bounds():
     rng = np.random.default_rng(0)
     grasps = np.stack([BOX_GRASP, CYLINDER_GRASP] * 4)

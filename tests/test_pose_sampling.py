@@ -7,12 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from test_lift import BOX_GRASP, EMPTY_OFFSET, PROTOCOL
 
 from diffrl_jax.errors import ConfigError
 from diffrl_jax.evaluation import pose_sampling
-from diffrl_jax.objects import assets
-from diffrl_jax.sim import backends, bank, lift
+from diffrl_jax.sim import lift
 from diffrl_jax.sim.protocol import HoldProtocol
 
 
@@ -88,21 +86,3 @@ def test_check_protocol_has_the_lift_physics():
 def test_bad_config(field, value, message):
     with pytest.raises(ConfigError, match=message):
         dataclasses.replace(pose_sampling.PoseSamplingConfig(), **{field: value}).validate()
-
-
-def test_check_runs_on_both_backends():
-    """The hold check of a lifting grasp and of an empty hand, on MuJoCo C and on MJX
-    (padded to a fixed size). The grasp and protocol are test_lift's."""
-    template = lift.make_template(PROTOCOL, bank.ObjectBudget(pieces=2))
-    prepared = lift.prepare_object(template, assets.builtin_object("box"))
-    empty = BOX_GRASP.copy()
-    empty[:3] += EMPTY_OFFSET
-    grasps = np.stack([BOX_GRASP, empty])
-    on_c = pose_sampling._check(template, prepared, grasps, backends.MuJoCo(nthread=1), size=4)
-    on_mjx = pose_sampling._check(template, prepared, grasps, backends.MJX(), size=4)
-    assert on_c.shape == on_mjx.shape == (2,)
-    assert on_c[1] == on_mjx[1] == 0  # an empty hand holds in no direction
-    # The grasp that lifts the box resists some of the six pulls (3 on C, 2 on MJX when
-    # written); the backends' contacts differ in detail, so by at most one direction.
-    assert on_c[0] >= 2 and abs(int(on_c[0]) - int(on_mjx[0])) <= 1, (on_c, on_mjx)
-

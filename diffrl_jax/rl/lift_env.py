@@ -223,6 +223,8 @@ class LiftData(struct.PyTreeNode):
     fields:    ObjectFields [M, ...] of each object in the LIFT template
     poses:     [M, P, 7] resting poses (world, pos and quat wxyz), P per object
     up:        [M, P, 3] world +z in the object frame of each pose
+    pairs:     [K, 2] int32 (grasp row, pose index) pairs an episode draws from,
+               or None: every grasp with every pose of its object
     """
 
     grasps: jax.Array
@@ -231,6 +233,7 @@ class LiftData(struct.PyTreeNode):
     fields: ObjectFields
     poses: jax.Array
     up: jax.Array
+    pairs: jax.Array | None = None
 
 
 class LiftRefineEnv(Env):
@@ -263,6 +266,9 @@ class LiftRefineEnv(Env):
         if data.encodings.shape[0] != m or data.up.shape[:2] != (m, p):
             raise ConfigError(f"lift data: {m} objects of poses, {data.encodings.shape[0]} encodings, "
                               f"up {data.up.shape}")
+        if data.pairs is not None and (data.pairs.ndim != 2 or data.pairs.shape[1] != 2
+                                       or data.pairs.shape[0] == 0):
+            raise ConfigError(f"lift data pairs must be [K > 0, 2] (grasp row, pose index), got {data.pairs.shape}")
         self._template = template
         self._data = data
         self._lift = lift_fn
@@ -327,8 +333,11 @@ class LiftRefineEnv(Env):
     def draw(self, rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """The random start of `reset`: (index [], pose_index [], yaw [], offset [2])."""
         k_index, k_pose, k_yaw, k_offset = jax.random.split(rng, 4)
-        index = jax.random.randint(k_index, (), 0, self._data.grasps.shape[0])
-        pose_index = jax.random.randint(k_pose, (), 0, self._data.poses.shape[1])
+        if self._data.pairs is None:
+            index = jax.random.randint(k_index, (), 0, self._data.grasps.shape[0])
+            pose_index = jax.random.randint(k_pose, (), 0, self._data.poses.shape[1])
+        else:
+            index, pose_index = self._data.pairs[jax.random.randint(k_index, (), 0, self._data.pairs.shape[0])]
         yaw = (jax.random.uniform(k_yaw, (), minval=-jnp.pi, maxval=jnp.pi)
                if self._config.randomize_yaw else jnp.zeros(()))
         h = self._config.table_jitter_m
@@ -460,8 +469,42 @@ def build_lift_problem(dataset: GraspDataset, protocol: LiftProtocol, backend: s
         heldout_poses=heldout_pose_mask(int(poses_per_object), heldout_fraction))
 
 
-def lift_data(problem: LiftProblem, rows: np.ndarray, heldout_poses: bool = False) -> LiftData:
-    """The environment's data for dataset `rows` and the training poses (or the held-out ones)."""
+def pair_clearance(template: LiftTemplate, fields: ObjectFields, grasps: np.ndarray, object_id: np.ndarray,
+                   poses: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """[N, P] `lift.table_clearance` (m) of each object-frame grasp [N, 31] of object
+    `object_id` [N] at each resting pose poses[object_id, p] ([M, P, 7]); a yaw about
+    world z and a move on the table keep it. Fixed-size chunks: one compile."""
+    grasps, object_id, poses = np.asarray(grasps, np.float32), np.asarray(object_id), np.asarray(poses, np.float32)
+    fields = jax.tree_util.tree_map(jnp.asarray, fields)
+
+    @jax.jit
+    def clearance(g, o, q):  # [C, 31], [C], [C, 7] -> [C]
+        def one(g, o, q):
+            return hand_features(template, object_fields(fields, o), lift.grasp_to_world(g, q), q).clearance
+        return jax.vmap(one)(g, o, q)
+
+    n, p = len(grasps), poses.shape[1]
+    row, pose_index = np.repeat(np.arange(n), p), np.tile(np.arange(p), n)
+    out = np.empty(n * p, np.float32)
+    for start in range(0, n * p, chunk):  # the last chunk padded with its last pair
+        stop = min(start + chunk, n * p)
+        take = np.arange(start, start + chunk).clip(max=stop - 1)
+        r = row[take]
+        c = clearance(jnp.asarray(grasps[r]), jnp.asarray(object_id[r], jnp.int32),
+                      jnp.asarray(poses[object_id[r], pose_index[take]]))
+        out[start:stop] = np.asarray(c)[:stop - start]
+    return out.reshape(n, p)
+
+
+def lift_data(problem: LiftProblem, rows: np.ndarray, heldout_poses: bool = False,
+              min_clearance_m: float | None = None) -> LiftData:
+    """The environment's data for dataset `rows` and the training poses (or the held-out ones).
+
+    With `min_clearance_m`, episodes draw only the (grasp, pose) pairs whose
+    unedited grasp clears the table by at least that much (negative: reaches at
+    most that far into it), the pairs an edit of the configured bounds can
+    bring clear; None draws every pair.
+    """
     rows = np.asarray(rows)
     if rows.size == 0:
         raise ConfigError("no grasps for the lift environment (is the held-out fraction too large?)")
@@ -469,12 +512,24 @@ def lift_data(problem: LiftProblem, rows: np.ndarray, heldout_poses: bool = Fals
     if not keep.any():
         raise ConfigError("no held-out resting poses: build the problem with poses_per_object >= 2 "
                           "and a held-out fraction > 0")
+    poses = problem.poses[:, keep]
+    pairs = None
+    if min_clearance_m is not None:
+        if not np.isfinite(min_clearance_m):
+            raise ConfigError(f"min_clearance_m must be finite, got {min_clearance_m}")
+        clearance = pair_clearance(problem.template, problem.fields, problem.dataset.grasps[rows],
+                                   problem.object_id[rows], poses)
+        near = np.argwhere(clearance >= min_clearance_m)
+        if len(near) == 0:
+            raise ConfigError(f"no (grasp, pose) pair clears the table by {min_clearance_m} m: "
+                              "lower min_clearance_m")
+        pairs = jnp.asarray(near, jnp.int32)
     return LiftData(
         grasps=jnp.asarray(problem.dataset.grasps[rows], jnp.float32),
         object_id=jnp.asarray(problem.object_id[rows], jnp.int32),
         encodings=jnp.asarray(problem.encodings),
         fields=jax.tree_util.tree_map(jnp.asarray, problem.fields),
-        poses=jnp.asarray(problem.poses[:, keep]), up=jnp.asarray(problem.up[:, keep]))
+        poses=jnp.asarray(poses), up=jnp.asarray(problem.up[:, keep]), pairs=pairs)
 
 
 def heldout_data(problem: LiftProblem) -> LiftData:
@@ -489,10 +544,12 @@ def lift_fn(problem: LiftProblem, backend: str | backends.Backend) -> LiftFn:
 
 
 def make_lift_env(problem: LiftProblem, config: LiftRefineConfig, backend: str | backends.Backend,
-                  rows: np.ndarray | None = None, heldout_poses: bool = False) -> LiftRefineEnv:
+                  rows: np.ndarray | None = None, heldout_poses: bool = False,
+                  min_clearance_m: float | None = None) -> LiftRefineEnv:
     """The lift environment over dataset `rows` (default: the training rows, or with
-    `heldout_poses` the held-out rows) on the training poses (or the held-out ones)."""
+    `heldout_poses` the held-out rows) on the training poses (or the held-out ones);
+    `min_clearance_m` as `lift_data`'s."""
     if rows is None:
         rows = np.flatnonzero(problem.heldout if heldout_poses else ~problem.heldout)
-    return LiftRefineEnv(problem.template, lift_data(problem, rows, heldout_poses),
+    return LiftRefineEnv(problem.template, lift_data(problem, rows, heldout_poses, min_clearance_m),
                          lift_fn(problem, backend), config)
