@@ -51,7 +51,7 @@ BOTTLE = "sem-Bottle-437678d4bc6be981c8724d5673a063a6"
 # (the pipeline's stage settings), so a killed `diffrl train` resumes from a checkpoint mid-run;
 # and PPO blocks of one iteration, so the pipeline killed after refine's first checkpoint
 # resumes its training mid-run.
-TINY = ["limit=6", "tabletop=false", "eval_compare=one-shot,first", "budget_pieces=3", "refine_iterations=2", "refine_block=1", "refine_envs=8", "refine_attempts=2", "refine_steps=2",
+TINY = ["limit=6", "tabletop=false", "eval_compare=one-shot,first", "budget_pieces=3", "refine_iterations=2", "refine_block=1", "refine_envs=8", "refine_attempts=2", "refine_steps=1",
         "refine_robustness=2", "train_steps=200", "train_batch=16", "sample_n=8", "eval_poses=2",
         "eval_candidates=4", "videos=0", "hold.settle_s=0.02", "hold.hold_s=0.1", "lift.timestep=0.008",
         "lift.settle_s=0.5", "ppo.num_minibatches=2", "ppo.policy_hidden_sizes=32,32",

@@ -15,7 +15,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 BOTTLE = "sem-Bottle-437678d4bc6be981c8724d5673a063a6"
 # The shared bottle's first 6 grasps (2 hold under this protocol); a coarse, short hold
 # test, a tiny PPO run and diffusion model, 2 poses: every stage in about a minute.
-TINY = ["limit=6", "tabletop=false", "eval_compare=one-shot,first", "budget_pieces=3", "refine_iterations=2", "refine_envs=8", "refine_attempts=2", "refine_steps=2",
+TINY = ["limit=6", "tabletop=false", "eval_compare=one-shot,first", "budget_pieces=3", "refine_iterations=2", "refine_envs=8", "refine_attempts=2", "refine_steps=1",
         "refine_robustness=2", "train_steps=40", "train_batch=16", "sample_n=8", "eval_poses=2", "eval_candidates=4", "videos=0",
         "hold.settle_s=0.02", "hold.hold_s=0.1", "lift.timestep=0.008", "lift.settle_s=0.5",
         "ppo.num_minibatches=2", "ppo.policy_hidden_sizes=32,32", "ppo.value_hidden_sizes=32,32",
