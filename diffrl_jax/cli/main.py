@@ -87,6 +87,35 @@ def _cmd_data_example(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_library(args: argparse.Namespace) -> int:
+    import collections
+    import pathlib
+
+    from diffrl_jax.objects.library import generate_library, write_library
+
+    out = pathlib.Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DiffrlError(f"{out} exists and is not a directory")
+    objects = generate_library(args.n, seed=args.seed)
+    manifest = write_library(objects, out)
+    families = collections.Counter(obj.family for obj in objects)
+    print(f"wrote {len(objects)} object(s) to {out}/meshdata and their scales and masses to {manifest}: "
+          + ", ".join(f"{count} {family}" for family, count in families.items()))
+    return 0
+
+
+def _cmd_data_import_mesh(args: argparse.Namespace) -> int:
+    from diffrl_jax.objects.mesh_import import import_mesh
+
+    imported = import_mesh(args.mesh, args.out, code=args.code, scale=args.scale, threshold=args.threshold,
+                           max_pieces=args.max_pieces, seed=args.seed)
+    vertices = "+".join(str(len(p)) for p in imported.pieces)
+    size_cm = " x ".join(f"{100 * side:.1f}" for side in imported.size_m)
+    print(f"wrote {imported.path}: {len(imported.pieces)} convex piece(s), {vertices} hull vertices, "
+          f"scale {imported.scale:.6g} m per mesh unit ({size_cm} cm)")
+    return 0
+
+
 def _protocol_from_args(args: argparse.Namespace):
     from diffrl_jax.sim.protocol import protocol
 
@@ -141,6 +170,29 @@ def _cmd_propose(args: argparse.Namespace) -> int:
 
     result = run_propose(propose_config_from_args(args), args.out, bars=TqdmBars())
     print(f"wrote {result['n']} grasps of {result['code']} to {result['out']}")
+    return 0
+
+
+def _cmd_synthesize(args: argparse.Namespace) -> int:
+    from diffrl_jax.synthesis.optimize import SynthesisConfig
+    from diffrl_jax.workflows.progress import TqdmBars
+    from diffrl_jax.workflows.synthesize import run_synthesize
+
+    overrides = typed_assignments(args.set, "--set", SynthesisConfig, "synthesis")
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    config = SynthesisConfig().replace(**overrides) if overrides else SynthesisConfig()
+    result = run_synthesize(args.dir, args.out, codes=args.objects, scales=args.scale, grasps_per_object=args.n,
+                            config=config, batch=args.batch, chunk=args.chunk, seed=args.seed, bars=TqdmBars())
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{'object':<48} {'n':>5} {'energy':>8} {'dist mm':>8} {'pen':>7}")
+    for code, r in result["objects"].items():
+        print(f"{code[:48]:<48} {r['n']:>5} {r['median_energy']:>8.3f} {1e3 * r['median_distance_m']:>8.2f} "
+              f"{r['median_penetration']:>7.4f}")
+    print(f"{result['grasps']} grasps in {result['seconds']:.0f} s ({result['grasps_per_s']:.2f} grasps/s, "
+          f"{result['steps']} steps); wrote {result['out']} (label them: diffrl validate {result['out']})")
     return 0
 
 
@@ -285,6 +337,37 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("--seed", type=int, default=0)
     example.set_defaults(func=_cmd_data_example)
 
+    library = data_commands.add_parser(
+        "library",
+        help="write a generated library of household objects in DexGraspNet's mesh layout (no downloads)",
+        description="Eight families of convex-piece objects (superquadrics, rounded boxes, prisms, mugs, "
+                    "rimmed cylinders, frusta, ellipsoids, random compositions), 5-25 cm and 30-600 g: "
+                    "OUT/meshdata/<code>/coacd/decomposed.obj, and each object's scale and mass in "
+                    "OUT/library.json. The same seed gives the same objects; a larger --n only adds more.",
+    )
+    library.add_argument("out", help="output directory")
+    library.add_argument("--n", type=positive_int, default=200, help="objects (default %(default)s)")
+    library.add_argument("--seed", type=int, default=0)
+    library.set_defaults(func=_cmd_data_library)
+
+    import_parser = data_commands.add_parser(
+        "import-mesh",
+        help="decompose a mesh (OBJ, STL, PLY; metres) into convex pieces with CoACD, in DexGraspNet's layout",
+        description="Writes OUT/meshdata/<code>/coacd/decomposed.obj: CoACD's convex pieces, each capped at "
+                    "32 hull vertices, centred and normalised to unit radius; load it at the printed scale.",
+    )
+    import_parser.add_argument("mesh", help="mesh file (.obj, .stl or .ply), in metres")
+    import_parser.add_argument("--out", required=True, help="dataset directory (meshdata/ inside)")
+    import_parser.add_argument("--code", help="object code (default: the file's name)")
+    import_parser.add_argument("--scale", type=float,
+                               help="the object's radius in metres (default: the mesh's own, in metres)")
+    import_parser.add_argument("--threshold", type=float, default=0.05,
+                               help="CoACD concavity threshold, lower gives more pieces (default %(default)s)")
+    import_parser.add_argument("--max-pieces", type=positive_int, default=8, metavar="K",
+                               help="at most K convex pieces (default %(default)s)")
+    import_parser.add_argument("--seed", type=int, default=0)
+    import_parser.set_defaults(func=_cmd_data_import_mesh)
+
     validate = commands.add_parser(
         "validate",
         help="hold-test every grasp of a DexGraspNet-format directory",
@@ -321,6 +404,29 @@ def build_parser() -> argparse.ArgumentParser:
     propose.add_argument("--no-label", action="store_true", help="skip the hold test")
     _add_sim_options(propose)
     propose.set_defaults(backend="mujoco", func=_cmd_propose)
+
+    synth = commands.add_parser(
+        "synthesize",
+        help="synthesise grasps on meshes by DexGraspNet's energy optimisation (JAX)",
+        description="Force closure, contact distance, penetration, self-penetration and joint limits, "
+                    "minimised from palm-facing initial poses by DexGraspNet's annealed gradient steps "
+                    "with contact switching. Objects: DIR/meshdata/ (a DexGraspNet release, `diffrl data "
+                    "library`, `diffrl data import-mesh`); scales: --scale, else the library's, else those "
+                    "of DIR/grasps/. Writes a DexGraspNet-format dataset labelled with its energies.",
+    )
+    synth.add_argument("dir", help="directory with meshdata/<code>/coacd/decomposed.obj")
+    synth.add_argument("--out", required=True, help="output directory (new or empty)")
+    synth.add_argument("--objects", nargs="+", metavar="CODE", help="only these object codes")
+    synth.add_argument("--scale", type=float, nargs="+", metavar="S", help="object scales (mesh units -> m)")
+    synth.add_argument("--n", type=positive_int, default=64, help="grasps per object and scale")
+    synth.add_argument("--steps", type=positive_int, help="optimisation steps (default 6000, DexGraspNet's)")
+    synth.add_argument("--batch", type=positive_int, default=64, help="grasps optimised at once")
+    synth.add_argument("--chunk", type=positive_int, default=100, help="steps per compiled call")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="synthesis config override (e.g. step_size=0.005, weights.penetration=100)")
+    synth.add_argument("--json", action="store_true", help="print one JSON object")
+    synth.set_defaults(func=_cmd_synthesize)
 
     robust = commands.add_parser(
         "robustness",
