@@ -138,6 +138,56 @@ def test_union_of_pieces_is_the_nearest_piece():
     np.testing.assert_allclose(np.asarray(d), [0.03, -0.01, 0.01], atol=1e-6)
 
 
+def test_nearest_candidate_pieces_give_the_all_piece_distance():
+    # A row of 8 cubes: 3 candidate pieces per point give every piece's exact answer.
+    pieces = [_cube(0.01) + np.array([0.025 * i, 0.003 * (i % 3), 0.0]) for i in range(8)]
+    sdf = object_sdf.object_sdf(pieces, num_surface=64)
+    points = jnp.asarray(np.random.default_rng(0).uniform([-0.03, -0.03, -0.03], [0.21, 0.03, 0.03], (256, 3)),
+                         jnp.float32)
+    exact, exact_n = object_sdf.signed_distance(sdf, points, candidates=None)
+    near, near_n = object_sdf.signed_distance(sdf, points, candidates=3)
+    np.testing.assert_allclose(np.asarray(near), np.asarray(exact), atol=1e-7)
+    np.testing.assert_allclose(np.asarray(near_n), np.asarray(exact_n), atol=1e-6)
+    # Planes alone: exact depth inside, a lower bound of the distance outside.
+    lower = np.asarray(object_sdf.plane_distance(sdf, points))
+    inside = np.asarray(exact) < 0
+    assert inside.any() and (~inside).any()
+    np.testing.assert_allclose(lower[inside], np.asarray(exact)[inside], atol=1e-7)
+    assert np.all(lower[~inside] <= np.asarray(exact)[~inside] + 1e-7)
+    np.testing.assert_allclose(np.asarray(object_sdf.penetration_depth(sdf, points)),
+                               np.maximum(-np.asarray(exact), 0.0), atol=1e-7)
+
+
+DEXGRASPNET = REFERENCE.parent / "data" / "dexgraspnet"
+
+
+@pytest.mark.skipif(not DEXGRASPNET.is_dir(), reason="needs ../shared/data/dexgraspnet")
+def test_gradient_is_finite_next_to_a_sliver_triangle():
+    # The shared mug's hull has near-collinear triangles; float32 barycentrics of one
+    # made this point's gradient NaN under jit, and a NaN row stalled the whole batch.
+    from diffrl_jax.workflows.synthesize import mesh_objects
+
+    (mug,) = mesh_objects(DEXGRASPNET, codes=["core-mug-8570d9a8d24cb0acbebd3c0c0c70fb03"], scales=[0.1])
+    sdf = object_sdf.object_sdf(mug.pieces, num_surface=64)
+    points = jnp.tile(jnp.array([[-0.050699905, -0.08643119, -0.058394525]], jnp.float32), (2, 1))
+    for candidates in (3, None):
+        grad = jax.jit(jax.grad(lambda p: jnp.sum(object_sdf.signed_distance(sdf, p, candidates)[0])))(points)
+        assert np.all(np.isfinite(np.asarray(grad))), candidates
+
+
+def test_capsule_spheres_fill_the_capsules(hand):
+    frames = hm.forward_kinematics(hand, jnp.asarray(_random_grasps(1, seed=3)[0], jnp.float32))
+    centres, radii = hm.capsule_spheres(hand, frames)
+    assert len(centres) == len(hand.sphere_body) and np.all(np.isin(hand.sphere_body, hand.capsule_body))
+    # Every sphere lies in the hand; every surface point of a capsule is within the
+    # bulge bound of some sphere of its capsule (so the spheres stand in for it).
+    assert float(jnp.max(hm.hand_signed_distance(hand, frames, centres) + radii)) < 1e-5
+    points, normals = hm.contact_candidates(hand, frames)
+    gap = jnp.linalg.norm(points[:, None] - centres[None], axis=-1) - radii[None]
+    r = hand.sphere_radius.min()
+    assert float(jnp.max(jnp.min(gap, 1))) < r - np.sqrt(r ** 2 - (hm.SPHERE_SPACING / 2) ** 2) + 1e-6
+
+
 def test_force_closure_of_an_antipodal_pinch_is_below_a_one_sided_contact():
     points = jnp.array([[0.03, 0, 0], [-0.03, 0, 0]])
     antipodal = energy_lib.force_closure(points, jnp.array([[1.0, 0, 0], [-1.0, 0, 0]]))
@@ -283,9 +333,11 @@ def test_synthesize_writes_a_labelled_dataset(small_run, tmp_path):
     assert np.all(np.isfinite(dataset.grasps)) and not grasp_lib.joint_limit_violation(dataset.grasps).any()
     for name in ("energy",) + tuple(f"energy_{t}" for t in energy_lib.TERMS):
         assert dataset.extras[name].shape == (8,) and np.all(np.isfinite(dataset.extras[name]))
-    # The cube at scale 0.052 is the optimiser test's cube (half side 0.03): same run, same energies.
-    _, _, _, (first, _) = small_run
-    assert np.median(dataset.extras["energy"]) < 2 * np.median(np.asarray(first.energy)) + 1.0
+    # The cube at scale 0.052 is the optimiser test's cube (half side 0.03 to 0.1%): the written
+    # energies are the optimised ones, well below those of initial grasps on it.
+    synthesizer, sdf, init, _ = small_run
+    before, _ = synthesizer.energy(sdf, init.grasps, init.contacts)
+    assert np.median(dataset.extras["energy"]) < 0.5 * np.median(np.asarray(before))
     assert result["grasps_per_s"] > 0
 
 

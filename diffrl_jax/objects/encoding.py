@@ -27,7 +27,6 @@ import os
 import pathlib
 
 import numpy as np
-from scipy import spatial
 
 from diffrl_jax.errors import DataError
 from diffrl_jax.objects import assets
@@ -61,6 +60,11 @@ def surface_points(vertices, faces, n: int, seed: int = 0) -> np.ndarray:
 
     Deterministic for a given seed. Returns `[n, 3]` float64.
     """
+    return surface_samples(vertices, faces, n, seed)[0]
+
+
+def surface_samples(vertices, faces, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`surface_points` with the index [n] of the face each point lies on."""
     vertices = np.asarray(vertices, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)
     if vertices.ndim != 2 or vertices.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3:
@@ -76,7 +80,7 @@ def surface_points(vertices, faces, n: int, seed: int = 0) -> np.ndarray:
     chosen = rng.choice(len(faces), size=n, p=areas / total)
     u, v = rng.uniform(size=(2, n, 1))
     su = np.sqrt(u)  # uniform barycentric coordinates on a triangle
-    return (1.0 - su) * a[chosen] + su * (1.0 - v) * b[chosen] + su * v * c[chosen]
+    return (1.0 - su) * a[chosen] + su * (1.0 - v) * b[chosen] + su * v * c[chosen], chosen
 
 
 def convex_surface(pieces) -> tuple[np.ndarray, np.ndarray]:
@@ -84,10 +88,7 @@ def convex_surface(pieces) -> tuple[np.ndarray, np.ndarray]:
     all_vertices, all_faces, offset = [], [], 0
     for points in pieces:
         points = np.asarray(points, dtype=np.float64)
-        try:
-            hull = spatial.ConvexHull(points)
-        except spatial.QhullError:  # flat piece: joggle, as assets.cap_hull does
-            hull = spatial.ConvexHull(points, qhull_options="QJ")
+        hull = assets.convex_hull(points)  # a flat piece joggled, as simulated
         all_vertices.append(points)
         all_faces.append(hull.simplices + offset)
         offset += len(points)

@@ -8,11 +8,12 @@ geometry from `hand_model` and the object's from `object_sdf`:
   should cancel as a wrench: |sum_i [n_i; x_i x n_i]|^2 (zero for an
   antipodal pinch, 4 for two contacts pushing the same way);
 - E_dis, contact distance: sum_i |d(x_i)|, the chosen contacts on the surface;
-- E_pen, hand-object penetration: sum over the object's surface samples of
-  their depth inside the hand's primitives (DexGraspNet's direction: object
-  points against the hand's signed distance), plus the hand's keypoints
-  against the object's signed distance, so a thin object part between
-  surface samples cannot hide inside a finger;
+- E_pen, hand-object penetration, in both directions: the hand's
+  penetration points against the object's signed distance (spheres of each
+  capsule's radius along its axis, 4 mm apart: a finger's depth in the
+  object as the simulator measures it, from plane values only), plus the
+  object's surface samples inside the palm's boxes (DexGraspNet's
+  direction, which catches a thin rim pressed into the flat palm);
 - E_spen, self-penetration: keypoint pairs of the hand closer than 2 cm;
 - E_joints: radians outside the joint limits.
 
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 from diffrl_jax.configs import non_negative
 from diffrl_jax.hand import constants
 from diffrl_jax.synthesis import hand_model as hm
-from diffrl_jax.synthesis.object_sdf import ObjectSDF, signed_distance
+from diffrl_jax.synthesis.object_sdf import ObjectSDF, plane_distance, signed_distance
 
 TERMS = ("force_closure", "distance", "penetration", "self_penetration", "joint_limits")
 
@@ -71,13 +72,14 @@ def energy_terms(hand: hm.HandModel, sdf: ObjectSDF, grasp: jax.Array, contacts:
     candidates, _ = hm.contact_candidates(hand, frames)
     points = candidates[contacts]
     distance, normals = signed_distance(sdf, points)
-    depth_in_hand = jax.nn.relu(-hm.hand_signed_distance(hand, frames, sdf.surface))
+    centres, radii = hm.capsule_spheres(hand, frames)
+    finger_depth = jax.nn.relu(radii - plane_distance(sdf, centres))
+    palm_depth = jax.nn.relu(-hm.box_distances(hand, frames, sdf.surface))
     keypoints = hm.keypoints(hand, frames)
-    keypoint_depth = jax.nn.relu(-signed_distance(sdf, keypoints)[0])
     return {
         "force_closure": force_closure(points, normals),
         "distance": jnp.sum(jnp.abs(distance)),
-        "penetration": jnp.sum(depth_in_hand) + jnp.sum(keypoint_depth),
+        "penetration": jnp.sum(finger_depth) + jnp.sum(palm_depth),
         "self_penetration": self_penetration(keypoints),
         "joint_limits": joint_limit_violation(grasp[9:]),
     }

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import spatial
 
 from diffrl_jax.errors import DataError
 
@@ -45,20 +44,13 @@ class ObjectSDF:
     surface: jax.Array
 
 
-def _hull(points: np.ndarray) -> spatial.ConvexHull:
-    try:
-        return spatial.ConvexHull(points)
-    except spatial.QhullError:
-        return spatial.ConvexHull(points, qhull_options="QJ")
-
-
 def object_sdf(pieces: Sequence[np.ndarray], num_surface: int = 1024, seed: int = 0) -> ObjectSDF:
     """Convex pieces (vertex arrays [V_i, 3] in metres) -> an `ObjectSDF` (float32)."""
-    from diffrl_jax.objects import encoding  # surface sampling
+    from diffrl_jax.objects import assets, encoding  # hulls and surface sampling
 
     if not pieces:
         raise DataError("the object has no convex pieces")
-    hulls = [_hull(np.asarray(p, dtype=np.float64)) for p in pieces]
+    hulls = [assets.convex_hull(np.asarray(p, dtype=np.float64)) for p in pieces]
     num_planes = max(len(h.equations) for h in hulls)
     num_triangles = max(len(h.simplices) for h in hulls)
     planes = np.zeros((len(hulls), num_planes, 4))
@@ -75,54 +67,95 @@ def object_sdf(pieces: Sequence[np.ndarray], num_surface: int = 1024, seed: int 
                      surface=jnp.asarray(surface, jnp.float32))
 
 
-def _safe_div(a, b):
-    ok = jnp.abs(b) > 1e-20
+def _safe_div(a, b, ok):
+    """a / b where `ok`, else 0; no inf or NaN in either direction (the double-where rule)."""
     return jnp.where(ok, a / jnp.where(ok, b, 1.0), 0.0)
+
+
+# A triangle whose |ab x ac|^2 is below this fraction of |ab|^2 |ac|^2 (an angle
+# under 0.06 degrees: a sliver, as hulls of nearly collinear vertices have) has
+# no face region here: float32 barycentrics of a sliver are rounding noise,
+# and their gradients overflow. Its edges and vertices still count.
+_SLIVER = 1e-6
 
 
 def closest_point_on_triangle(p: jax.Array, a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
     """The point of triangle (a, b, c) nearest to p; all [..., 3], broadcasting."""
     dot = lambda u, v: jnp.sum(u * v, -1)  # noqa: E731
-    ab, ac, ap = b - a, c - a, p - a
+    ab, ac, bc, ap = b - a, c - a, c - b, p - a
+    ab2, ac2, bc2 = dot(ab, ab), dot(ac, ac), dot(bc, bc)
     d1, d2 = dot(ab, ap), dot(ac, ap)
     bp = p - b
     d3, d4 = dot(ab, bp), dot(ac, bp)
     cp = p - c
     d5, d6 = dot(ab, cp), dot(ac, cp)
     va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
-    denom = va + vb + vc
-    v, w = _safe_div(vb, denom), _safe_div(vc, denom)
-    point = a + v[..., None] * ab + w[..., None] * ac  # inside the face
-    # Voronoi regions of edges and vertices, lowest priority first.
-    bc_w = _safe_div(d4 - d3, (d4 - d3) + (d5 - d6))
-    point = jnp.where(((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0))[..., None], b + bc_w[..., None] * (c - b), point)
-    point = jnp.where(((vb <= 0) & (d2 >= 0) & (d6 <= 0))[..., None], a + _safe_div(d2, d2 - d6)[..., None] * ac, point)
+    denom = dot(jnp.cross(ab, ac), jnp.cross(ab, ac))  # = va + vb + vc, without the cancellation
+    face_ok = denom > jnp.maximum(_SLIVER * ab2 * ac2, 1e-30)
+    v, w = _safe_div(vb, denom, face_ok), _safe_div(vc, denom, face_ok)
+    point = a + v[..., None] * ab + w[..., None] * ac  # inside the face (a itself for a sliver)
+    # Voronoi regions of edges and vertices, lowest priority first. Edge
+    # parameters divide by the squared edge length (d1 - d3 = |ab|^2, ...).
+    edge_ok = lambda length2: length2 > 1e-30  # noqa: E731
+    bc_w = _safe_div(d4 - d3, bc2, edge_ok(bc2))
+    point = jnp.where(((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0))[..., None], b + bc_w[..., None] * bc, point)
+    point = jnp.where(((vb <= 0) & (d2 >= 0) & (d6 <= 0))[..., None],
+                      a + _safe_div(d2, ac2, edge_ok(ac2))[..., None] * ac, point)
     point = jnp.where(((d6 >= 0) & (d5 <= d6))[..., None], c, point)
-    point = jnp.where(((vc <= 0) & (d1 >= 0) & (d3 <= 0))[..., None], a + _safe_div(d1, d1 - d3)[..., None] * ab, point)
+    point = jnp.where(((vc <= 0) & (d1 >= 0) & (d3 <= 0))[..., None],
+                      a + _safe_div(d1, ab2, edge_ok(ab2))[..., None] * ab, point)
     point = jnp.where(((d3 >= 0) & (d4 <= d3))[..., None], b, point)
     point = jnp.where(((d1 <= 0) & (d2 <= 0))[..., None], a, point)
     return point
 
 
-def signed_distance(sdf: ObjectSDF, points: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """World points [N, 3] -> (signed distance [N], outward unit normal [N, 3]) to the object."""
+def plane_distance(sdf: ObjectSDF, points: jax.Array) -> jax.Array:
+    """The smallest over pieces of the largest plane value, [N] for world points [N, 3].
+
+    Exact inside the object (minus the depth) and a lower bound of the
+    distance outside it (equal where a face, not an edge or corner, is
+    nearest), so `relu(r - plane_distance)` never misses a sphere of
+    radius r overlapping the object and costs no triangle distances.
+    """
+    values = jnp.einsum("pfk,nk->npf", sdf.planes[..., :3], points) - sdf.planes[..., 3]
+    return jnp.min(jnp.max(values, -1), -1)
+
+
+def penetration_depth(sdf: ObjectSDF, points: jax.Array) -> jax.Array:
+    """How deep world points [N, 3] sit inside the object [N] (0 outside); exact, planes only."""
+    return jax.nn.relu(-plane_distance(sdf, points))
+
+
+def signed_distance(sdf: ObjectSDF, points: jax.Array, candidates: int | None = 3) -> tuple[jax.Array, jax.Array]:
+    """World points [N, 3] -> (signed distance [N], outward unit normal [N, 3]) to the object.
+
+    The exact triangle distance is taken to the `candidates` pieces of
+    smallest plane value per point (each piece's plane value bounds its
+    distance from below, so the nearest piece is almost always among them);
+    `None` takes every piece.
+    """
     n, offset = sdf.planes[..., :3], sdf.planes[..., 3]  # [P, F, 3], [P, F]
     values = jnp.einsum("pfk,nk->npf", n, points) - offset  # [N, P, F]
     face = jnp.argmax(values, -1)  # [N, P]
-    inside = jnp.max(values, -1)
-    tri = sdf.triangles  # [P, T, 3, 3]
-    closest = closest_point_on_triangle(points[:, None, None, :], tri[None, :, :, 0], tri[None, :, :, 1],
-                                        tri[None, :, :, 2])  # [N, P, T, 3]
-    delta = points[:, None, None, :] - closest
-    dist = jnp.sqrt(jnp.sum(delta * delta, -1) + 1e-12)  # [N, P, T]
-    nearest = jnp.argmin(dist, -1)  # [N, P]
-    outside = jnp.min(dist, -1)
-    piece_sd = jnp.where(inside > 0, outside, inside)  # [N, P]
-    piece = jnp.argmin(piece_sd, -1)  # [N]
+    inside = jnp.max(values, -1)  # [N, P]
+    num_pieces = inside.shape[1]
+    k = num_pieces if candidates is None else min(int(candidates), num_pieces)
     rows = jnp.arange(points.shape[0])
-    sd = piece_sd[rows, piece]
+    _, chosen = jax.lax.top_k(-inside, k)  # [N, k] pieces, nearest lower bound first
+    tri = sdf.triangles[chosen]  # [N, k, T, 3, 3]
+    closest = closest_point_on_triangle(points[:, None, None, :], tri[..., 0, :], tri[..., 1, :],
+                                        tri[..., 2, :])  # [N, k, T, 3]
+    delta = points[:, None, None, :] - closest
+    dist = jnp.sqrt(jnp.sum(delta * delta, -1) + 1e-12)  # [N, k, T]
+    nearest = jnp.argmin(dist, -1)  # [N, k]
+    outside = jnp.min(dist, -1)
+    chosen_inside = jnp.take_along_axis(inside, chosen, 1)  # [N, k]
+    piece_sd = jnp.where(chosen_inside > 0, outside, chosen_inside)
+    best = jnp.argmin(piece_sd, -1)  # [N] into the k candidates
+    sd = piece_sd[rows, best]
+    piece = chosen[rows, best]
     face_normal = n[piece, face[rows, piece]]
-    out_delta = delta[rows, piece, nearest[rows, piece]]
+    out_delta = delta[rows, best, nearest[rows, best]]
     out_normal = out_delta / jnp.sqrt(jnp.sum(out_delta * out_delta, -1, keepdims=True) + 1e-12)
-    normal = jnp.where((inside[rows, piece] > 0)[:, None], out_normal, face_normal)
+    normal = jnp.where((chosen_inside[rows, best] > 0)[:, None], out_normal, face_normal)
     return sd, normal

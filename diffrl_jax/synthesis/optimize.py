@@ -73,16 +73,11 @@ class SynthesisConfig:
 
 def hull_samples(pieces, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """`n` points on the object's convex hull, area-weighted, with the hull's outward normals."""
-    points = np.concatenate([np.asarray(p, dtype=np.float64) for p in pieces])
-    hull = spatial.ConvexHull(points)
-    tri = hull.points[hull.simplices]
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    rng = np.random.default_rng(seed)
-    face = rng.choice(len(tri), size=n, p=area / area.sum())
-    u, v = rng.uniform(size=(2, n, 1))
-    su = np.sqrt(u)
-    t = tri[face]
-    return (1 - su) * t[:, 0] + su * (1 - v) * t[:, 1] + su * v * t[:, 2], hull.equations[face, :3]
+    from diffrl_jax.objects import encoding
+
+    hull = spatial.ConvexHull(np.concatenate([np.asarray(p, dtype=np.float64) for p in pieces]))
+    points, face = encoding.surface_samples(hull.points, hull.simplices, n, seed)
+    return points, hull.equations[face, :3]
 
 
 def _rotation_facing(approach: jax.Array, roll: jax.Array) -> jax.Array:
@@ -196,7 +191,9 @@ def make_synthesizer(config: SynthesisConfig, batch: int, chunk: int) -> Synthes
                              state.contacts)
         e, g = value_and_grad(sdf, proposal, contacts)
         accept = jax.random.uniform(k_accept, e.shape) < jnp.exp((state.energy - e) / temperature)
-        accept = (accept | jnp.isinf(state.energy)) & jnp.isfinite(e)
+        # A proposal with a non-finite energy or gradient is never kept: its
+        # gradient would enter the batch's RMS and stall every grasp.
+        accept = (accept | jnp.isinf(state.energy)) & jnp.isfinite(e) & jnp.all(jnp.isfinite(g), -1)
 
         def pick(new, old):
             return jnp.where(accept.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)

@@ -38,14 +38,14 @@ class SynthesisObject:
     pieces: tuple[np.ndarray, ...]  # convex pieces in metres, as simulated
 
 
-def _scales_of(root: pathlib.Path, code: str, manifest: dict | None) -> list[float]:
-    if manifest is not None and code in manifest:
-        return [float(manifest[code]["scale"])]
-    grasp_file = root / dexgraspnet.GRASPS_DIR / f"{code}.npy"
-    if grasp_file.is_file():
-        scales = dexgraspnet.load_dexgraspnet(root, objects=[code]).scales
-        return sorted({float(s) for s in scales})
-    raise DataError(f"{code}: no scale known (no library.json entry, no grasps/{code}.npy): pass --scale")
+def _grasp_scales(root: pathlib.Path, codes: Sequence[str]) -> dict[str, list[float]]:
+    """The scales of the grasps in `root/grasps/` of those `codes` that have a grasp file (one load)."""
+    with_grasps = [c for c in codes if (root / dexgraspnet.GRASPS_DIR / f"{c}.npy").is_file()]
+    if not with_grasps:
+        return {}
+    data = dexgraspnet.load_dexgraspnet(root, objects=with_grasps)
+    return {code: sorted({float(s) for s in data.scales[data.object_index == k]})
+            for k, code in enumerate(data.object_codes)}
 
 
 def mesh_objects(root, codes: Sequence[str] | None = None, scales: Sequence[float] | None = None
@@ -65,10 +65,19 @@ def mesh_objects(root, codes: Sequence[str] | None = None, scales: Sequence[floa
         available = list(codes)
     if not available:
         raise DataError(f"no meshes (meshdata/<code>/coacd/decomposed.obj) under {root}")
-    manifest = library.load_library_manifest(root) if (root / "library.json").is_file() else None
+    manifest = library.load_library_manifest(root) if (root / "library.json").is_file() else {}
+    known = {} if scales else _grasp_scales(root, [c for c in available if c not in manifest])
     objects = []
     for code in available:
-        for scale in (list(scales) if scales else _scales_of(root, code, manifest)):
+        if scales:
+            object_scales = list(scales)
+        elif code in manifest:
+            object_scales = [float(manifest[code]["scale"])]
+        elif code in known:
+            object_scales = known[code]
+        else:
+            raise DataError(f"{code}: no scale known (no library.json entry, no grasps/{code}.npy): pass --scale")
+        for scale in object_scales:
             obj = assets.mesh_object(dexgraspnet.mesh_path(root, code), scale)
             objects.append(SynthesisObject(code, scale, tuple(p.vertices for p in obj.pieces)))
     return objects
