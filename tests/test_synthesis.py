@@ -339,6 +339,14 @@ def test_synthesize_writes_a_labelled_dataset(small_run, tmp_path):
     before, _ = synthesizer.energy(sdf, init.grasps, init.contacts)
     assert np.median(dataset.extras["energy"]) < 0.5 * np.median(np.asarray(before))
     assert result["grasps_per_s"] > 0
+    # Keeping half: the same run's 4 grasps of lowest energy, lowest first.
+    half = run_synthesize(root, tmp_path / "half", scales=[0.052], grasps_per_object=8, config=SMALL,
+                          batch=8, chunk=50, seed=0, keep=0.5)
+    kept = load_dexgraspnet(tmp_path / "half")
+    assert len(kept) == 4 == half["grasps"] and half["synthesised"] == 8
+    order = np.argsort(dataset.extras["energy"], kind="stable")[:4]
+    np.testing.assert_allclose(kept.extras["energy"], dataset.extras["energy"][order])
+    np.testing.assert_allclose(kept.grasps, dataset.grasps[order])
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -346,6 +354,7 @@ def test_synthesize_writes_a_labelled_dataset(small_run, tmp_path):
     ([], "no scale known"),
     (["--objects", "teapot", "--scale", "0.1"], "no mesh for teapot"),
     (["--set", "step_size=-1", "--scale", "0.1"], "step_size"),
+    (["--keep", "0", "--scale", "0.1"], "keep must be a fraction"),
 ])
 def test_synthesize_cli_bad_input_exits_2(tmp_path, capsys, extra, message):
     from diffrl_jax.cli.main import main

@@ -183,7 +183,8 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
         overrides["steps"] = args.steps
     config = SynthesisConfig().replace(**overrides) if overrides else SynthesisConfig()
     result = run_synthesize(args.dir, args.out, codes=args.objects, scales=args.scale, grasps_per_object=args.n,
-                            config=config, batch=args.batch, chunk=args.chunk, seed=args.seed, bars=TqdmBars())
+                            config=config, batch=args.batch, chunk=args.chunk, seed=args.seed, bars=TqdmBars(),
+                            keep=args.keep)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -191,8 +192,9 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
     for code, r in result["objects"].items():
         print(f"{code[:48]:<48} {r['n']:>5} {r['median_energy']:>8.3f} {1e3 * r['median_distance_m']:>8.2f} "
               f"{r['median_penetration']:>7.4f}")
-    print(f"{result['grasps']} grasps in {result['seconds']:.0f} s ({result['grasps_per_s']:.2f} grasps/s, "
-          f"{result['steps']} steps); wrote {result['out']} (label them: diffrl validate {result['out']})")
+    kept = f", the {result['grasps']} of lowest energy kept" if result["grasps"] < result["synthesised"] else ""
+    print(f"{result['synthesised']} grasps in {result['seconds']:.0f} s ({result['grasps_per_s']:.2f} grasps/s, "
+          f"{result['steps']} steps){kept}; wrote {result['out']} (label them: diffrl validate {result['out']})")
     return 0
 
 
@@ -418,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="output directory (new or empty)")
     synth.add_argument("--objects", nargs="+", metavar="CODE", help="only these object codes")
     synth.add_argument("--scale", type=float, nargs="+", metavar="S", help="object scales (mesh units -> m)")
-    synth.add_argument("--n", type=positive_int, default=64, help="grasps per object and scale")
+    synth.add_argument("--n", type=positive_int, default=64, help="grasps synthesised per object and scale")
+    synth.add_argument("--keep", type=float, default=1.0, metavar="F",
+                       help="keep the lowest-energy fraction F of each object and scale's grasps (default 1: all)")
     synth.add_argument("--steps", type=positive_int, help="optimisation steps (default 6000, DexGraspNet's)")
     synth.add_argument("--batch", type=positive_int, default=64, help="grasps optimised at once")
     synth.add_argument("--chunk", type=positive_int, default=100, help="steps per compiled call")

@@ -100,16 +100,23 @@ def _padded_sdfs(objects: Sequence[SynthesisObject], num_surface: int) -> list[o
 
 
 def synthesize(objects: Sequence[SynthesisObject], grasps_per_object: int, config: optimize.SynthesisConfig,
-               batch: int = 64, chunk: int = 100, seed: int = 0, bars=no_bars):
+               batch: int = 64, chunk: int = 100, seed: int = 0, bars=no_bars, keep: float = 1.0):
     """Synthesised grasps of every object -> (GraspDataset without root, labels, timings).
 
     Grasps are in the object frame at each object's scale, joints clipped to
     the hand's limits (the energies are those of the clipped grasps).
+    `keep` < 1 keeps the lowest-energy fraction of each (object, scale)'s
+    `grasps_per_object` (at least one), lowest first: a filter on the
+    energy alone, nothing simulated (DexGraspNet too keeps only its
+    low-energy results).
     """
     if config.steps % chunk:
         raise ConfigError(f"synthesis steps ({config.steps}) must be a multiple of the chunk ({chunk})")
     if grasps_per_object < 1 or batch < 1:
         raise ConfigError("grasps per object and the batch must be positive")
+    if not 0.0 < keep <= 1.0:
+        raise ConfigError(f"keep must be a fraction in (0, 1], got {keep}")
+    kept = max(1, int(np.ceil(keep * grasps_per_object)))
     sdfs = _padded_sdfs(objects, config.surface_points)
     synthesizer = optimize.make_synthesizer(config, batch, chunk)
     codes = sorted({o.code for o in objects})
@@ -120,6 +127,7 @@ def synthesize(objects: Sequence[SynthesisObject], grasps_per_object: int, confi
         for k, (obj, sdf) in enumerate(zip(objects, sdfs)):
             points, normals = optimize.hull_samples(obj.pieces, 4096, seed=seed)
             points, normals = jnp.asarray(points, jnp.float32), jnp.asarray(normals, jnp.float32)
+            found, energies = [], {name: [] for name in labels}
             for b in range(batches):
                 key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), k), b)
                 state = synthesizer.init(jax.random.fold_in(key, 0), sdf, points, normals)
@@ -128,27 +136,33 @@ def synthesize(objects: Sequence[SynthesisObject], grasps_per_object: int, confi
                     bar.update(chunk)
                 out = grasp_lib.clip_to_joint_limits(np.asarray(state.grasps, np.float64))
                 total, terms = synthesizer.energy(sdf, jnp.asarray(out, jnp.float32), state.contacts)
-                take = min(batch, grasps_per_object - b * batch)
-                grasps.append(out[:take])
-                labels["energy"].append(np.asarray(total, np.float64)[:take])
+                found.append(out)
+                energies["energy"].append(np.asarray(total, np.float64))
                 for name in TERMS:
-                    labels[f"energy_{name}"].append(np.asarray(terms[name], np.float64)[:take])
-                scales.append(np.full(take, obj.scale))
-                index.append(np.full(take, codes.index(obj.code), np.int32))
+                    energies[f"energy_{name}"].append(np.asarray(terms[name], np.float64))
+            energy = np.concatenate(energies["energy"])[:grasps_per_object]
+            best = np.argsort(energy, kind="stable")[:kept] if kept < grasps_per_object \
+                else np.arange(grasps_per_object)
+            grasps.append(np.concatenate(found)[best])
+            for name in labels:
+                labels[name].append(np.concatenate(energies[name])[best])
+            scales.append(np.full(len(best), obj.scale))
+            index.append(np.full(len(best), codes.index(obj.code), np.int32))
     seconds = time.perf_counter() - start
     dataset = dexgraspnet.GraspDataset(grasps=np.concatenate(grasps), scales=np.concatenate(scales),
                                        object_index=np.concatenate(index), object_codes=tuple(codes))
     if not np.all(np.isfinite(dataset.grasps)):
         raise DataError("synthesis produced non-finite grasps")  # a bug, not an input: say so loudly
     n = len(dataset)
+    synthesised = len(objects) * grasps_per_object
     return dataset, {name: np.concatenate(v) for name, v in labels.items()}, {
-        "seconds": seconds, "grasps": n, "grasps_per_s": n / seconds,
-        "steps": config.steps, "batch": batch}
+        "seconds": seconds, "grasps": n, "synthesised": synthesised, "grasps_per_s": synthesised / seconds,
+        "keep": keep, "steps": config.steps, "batch": batch}
 
 
 def run_synthesize(root, out, codes=None, scales=None, grasps_per_object: int = 64,
                    config: optimize.SynthesisConfig = optimize.SynthesisConfig(), batch: int = 64,
-                   chunk: int = 100, seed: int = 0, bars=no_bars) -> dict:
+                   chunk: int = 100, seed: int = 0, bars=no_bars, keep: float = 1.0) -> dict:
     """Synthesise on `root`'s meshes and write `out` (DexGraspNet layout, energy labels, the meshes)."""
     from diffrl_jax.files import run_lock, staged_directory
 
@@ -159,7 +173,7 @@ def run_synthesize(root, out, codes=None, scales=None, grasps_per_object: int = 
         raise ConfigError(f"{out} exists and is not an empty directory")
     objects = mesh_objects(root, codes, scales)
     with run_lock(out):
-        dataset, labels, timings = synthesize(objects, grasps_per_object, config, batch, chunk, seed, bars)
+        dataset, labels, timings = synthesize(objects, grasps_per_object, config, batch, chunk, seed, bars, keep)
         with staged_directory(out) as staging:
             dexgraspnet.write_dexgraspnet(staging, dataset, mesh_source_root=root, labels=labels)
     per_object = {}
