@@ -220,6 +220,8 @@ def test_energy_terms_of_a_hand_on_a_sphere(hand):
     terms = energy_lib.energy_terms(hand, sdf, grasp, jnp.array([25, 25]))
     assert float(terms["distance"]) == pytest.approx(2 * 0.005, abs=2 * 3e-4)
     assert float(terms["penetration"]) == 0.0
+    # The pad of candidate 25 faces the sphere: its normal against the surface's.
+    assert float(terms["alignment"]) == pytest.approx(0.0, abs=2e-3)
     # 3 mm into the finger: the deepest surface sample is about 3 mm inside the hand.
     grasp, sdf = _hand_on_sphere(hand, gap=-0.003)
     frames = hm.forward_kinematics(hand, grasp)

@@ -15,7 +15,12 @@ geometry from `hand_model` and the object's from `object_sdf`:
   object's surface samples inside the palm's boxes (DexGraspNet's
   direction, which catches a thin rim pressed into the flat palm);
 - E_spen, self-penetration: keypoint pairs of the hand closer than 2 cm;
-- E_joints: radians outside the joint limits.
+- E_joints: radians outside the joint limits;
+- E_align (not DexGraspNet's; weight 0 unless set): sum_i (1 + n_hand_i .
+  n_obj_i), zero when each chosen contact's pad faces the object (its
+  outward normal against the surface's), 2 when it touches with its side
+  turned away. E_fc alone is satisfied by contacts that no finger can
+  press, such as fingertips against the inner walls of a dish.
 
 Distances are metres, angles radians, as in DexGraspNet, so its weights
 carry over.
@@ -33,7 +38,7 @@ from diffrl_jax.hand import constants
 from diffrl_jax.synthesis import hand_model as hm
 from diffrl_jax.synthesis.object_sdf import ObjectSDF, plane_distance, signed_distance
 
-TERMS = ("force_closure", "distance", "penetration", "self_penetration", "joint_limits")
+TERMS = ("force_closure", "distance", "penetration", "self_penetration", "joint_limits", "alignment")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +49,7 @@ class EnergyWeights:
     penetration: float = non_negative(100.0)
     self_penetration: float = non_negative(10.0)
     joint_limits: float = non_negative(1.0)
+    alignment: float = non_negative(0.0)
 
 
 def force_closure(points: jax.Array, normals: jax.Array) -> jax.Array:
@@ -69,7 +75,7 @@ def joint_limit_violation(joints: jax.Array) -> jax.Array:
 def energy_terms(hand: hm.HandModel, sdf: ObjectSDF, grasp: jax.Array, contacts: jax.Array) -> dict[str, jax.Array]:
     """The unweighted terms of one grasp [31] with contact candidate indices [n] (object frame, metres)."""
     frames = hm.forward_kinematics(hand, grasp)
-    candidates, _ = hm.contact_candidates(hand, frames)
+    candidates, candidate_normals = hm.contact_candidates(hand, frames)
     points = candidates[contacts]
     distance, normals = signed_distance(sdf, points)
     centres, radii = hm.capsule_spheres(hand, frames)
@@ -82,6 +88,7 @@ def energy_terms(hand: hm.HandModel, sdf: ObjectSDF, grasp: jax.Array, contacts:
         "penetration": jnp.sum(finger_depth) + jnp.sum(palm_depth),
         "self_penetration": self_penetration(keypoints),
         "joint_limits": joint_limit_violation(grasp[9:]),
+        "alignment": jnp.sum(1.0 + jnp.sum(candidate_normals[contacts] * normals, -1)),
     }
 
 
