@@ -121,11 +121,6 @@ def plane_distance(sdf: ObjectSDF, points: jax.Array) -> jax.Array:
     return jnp.min(jnp.max(values, -1), -1)
 
 
-def penetration_depth(sdf: ObjectSDF, points: jax.Array) -> jax.Array:
-    """How deep world points [N, 3] sit inside the object [N] (0 outside); exact, planes only."""
-    return jax.nn.relu(-plane_distance(sdf, points))
-
-
 def signed_distance(sdf: ObjectSDF, points: jax.Array, candidates: int | None = 3) -> tuple[jax.Array, jax.Array]:
     """World points [N, 3] -> (signed distance [N], outward unit normal [N, 3]) to the object.
 

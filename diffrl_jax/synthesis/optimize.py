@@ -23,7 +23,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import spatial
 
 from diffrl_jax import configs
 from diffrl_jax.configs import between, integer, non_negative, positive
@@ -73,9 +72,9 @@ class SynthesisConfig:
 
 def hull_samples(pieces, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """`n` points on the object's convex hull, area-weighted, with the hull's outward normals."""
-    from diffrl_jax.objects import encoding
+    from diffrl_jax.objects import assets, encoding
 
-    hull = spatial.ConvexHull(np.concatenate([np.asarray(p, dtype=np.float64) for p in pieces]))
+    hull = assets.convex_hull(np.concatenate([np.asarray(p, dtype=np.float64) for p in pieces]))
     points, face = encoding.surface_samples(hull.points, hull.simplices, n, seed)
     return points, hull.equations[face, :3]
 
